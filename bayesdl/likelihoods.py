@@ -1,0 +1,223 @@
+r"""Likelihoods: the distribution of a target given the network's output ``f``.
+
+A likelihood maps network outputs ``f`` of shape ``(*batch, N, out)`` to a distribution over
+the ``N`` targets, checks targets before any work, and summarises a set of posterior draws
+into the posterior predictive mean and standard deviation.
+
+Minibatches and temperature are the BNN's business, not the likelihood's: with ``num_data``
+observations in the data set and a minibatch of ``B``, the BNN multiplies the minibatch
+log-likelihood by ``num_data / B`` (an unbiased estimate of the full-data log-likelihood), and
+divides by the temperature as :class:`bayesdl.models.BNN` documents.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from typing import ClassVar
+
+import pyro.distributions as dist
+import torch
+from torch import Tensor
+from torch.distributions import Distribution
+
+from ._checks import check_positive
+from .priors.base import expand_right
+
+__all__ = ["Bernoulli", "Categorical", "Gaussian", "Likelihood"]
+
+
+class Likelihood(ABC):
+    """Base class: the observation model ``p(y | f)``."""
+
+    #: Whether targets are class labels (metrics: accuracy, ECE, Brier) or real values (RMSE).
+    is_classifier: ClassVar[bool] = False
+
+    def latent_sites(self) -> dict[str, Distribution]:
+        """Latent sites of the likelihood (a learned noise scale), ``{name: distribution}``."""
+        return {}
+
+    def check_outputs(self, out_features: int) -> None:  # noqa: B027 - optional hook
+        """Raise ``ValueError`` if the network's output width cannot feed this likelihood."""
+
+    @abstractmethod
+    def check_targets(self, y: Tensor, out_features: int) -> Tensor:
+        """Validate targets ``y`` and return them in the form :meth:`predictive` observes."""
+
+    @abstractmethod
+    def predictive(self, f: Tensor, latents: Mapping[str, Tensor]) -> Distribution:
+        """Distribution of the targets given outputs ``f`` ``(*batch, N, out)``.
+
+        Its batch shape is ``(*batch, N)``: one (possibly multivariate) target per example.
+        """
+
+    def log_prob(self, f: Tensor, y: Tensor, latents: Mapping[str, Tensor]) -> Tensor:
+        """Log-likelihood of each target, shape ``(*batch, N)``."""
+        return self.predictive(f, latents).log_prob(y)
+
+    @abstractmethod
+    def summary(self, f: Tensor, latents: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """Posterior predictive mean and standard deviation from draws ``f`` ``(S, N, out)``."""
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({args})"
+
+
+def _check_float_targets(y: Tensor, out_features: int) -> Tensor:
+    if y.dtype == torch.bool or y.is_complex():
+        raise TypeError(f"y: expected real-valued regression targets, got dtype {y.dtype}")
+    if y.dim() == 1:
+        if out_features != 1:
+            raise ValueError(
+                f"y: has shape {tuple(y.shape)} but the network has {out_features} outputs; "
+                f"pass targets of shape (N, {out_features})"
+            )
+        y = y[:, None]
+    elif y.dim() != 2 or y.shape[1] != out_features:
+        raise ValueError(
+            f"y: expected shape (N,) or (N, {out_features}) for a network with {out_features} "
+            f"output(s), got {tuple(y.shape)}"
+        )
+    return y
+
+
+class Gaussian(Likelihood):
+    r"""Gaussian observation noise, :math:`y \sim \mathcal N(f, \sigma^2)` per output.
+
+    Parameters
+    ----------
+    scale
+        The noise standard deviation ``sigma``: a fixed number > 0, or a Pyro distribution over
+        positive numbers (``pyro.distributions.HalfNormal(1.0)``, say) to learn it; it is then
+        the latent site ``"likelihood.scale"``.
+
+    Notes
+    -----
+    Targets of shape ``(N,)`` and ``(N, 1)`` are both accepted for a single-output network.
+    The predictive standard deviation includes the noise:
+    ``Var[y] = Var_theta[f] + E_theta[sigma^2]``.
+    """
+
+    site = "likelihood.scale"
+
+    def __init__(self, scale: float | Distribution = 1.0) -> None:
+        if isinstance(scale, Distribution):
+            if scale.batch_shape != () or scale.event_shape != ():
+                raise ValueError(f"scale: the prior on the noise scale must be scalar, got {scale}")
+            if bool(scale.support.check(torch.tensor(-1.0))):
+                raise ValueError(
+                    f"scale: the prior's support must be positive, got {scale.support}"
+                )
+            self.scale: float | Distribution = scale
+        else:
+            self.scale = check_positive("scale", scale)
+
+    @property
+    def learned(self) -> bool:
+        """Whether the noise scale is a latent site."""
+        return isinstance(self.scale, Distribution)
+
+    def latent_sites(self) -> dict[str, Distribution]:
+        return {self.site: self.scale} if self.learned else {}
+
+    def noise_scale(self, latents: Mapping[str, Tensor], like: Tensor) -> Tensor:
+        """The noise scale, shaped to broadcast against ``f`` of shape ``(*batch, N, out)``."""
+        if self.learned:
+            return expand_right(latents[self.site], 2)
+        return like.new_tensor(self.scale)
+
+    def check_targets(self, y: Tensor, out_features: int) -> Tensor:
+        return _check_float_targets(y, out_features)
+
+    def predictive(self, f: Tensor, latents: Mapping[str, Tensor]) -> Distribution:
+        return dist.Normal(f, self.noise_scale(latents, f)).to_event(1)
+
+    def summary(self, f: Tensor, latents: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+        noise_var = self.noise_scale(latents, f).square().expand_as(f).mean(0)
+        mean = f.mean(0)
+        std = (f.var(0, correction=0) + noise_var).sqrt()
+        if f.shape[-1] == 1:
+            return mean[..., 0], std[..., 0]
+        return mean, std
+
+
+def _check_labels(y: Tensor) -> Tensor:
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise TypeError(
+            f"y: expected integer class labels (torch.long), got dtype {y.dtype}; "
+            "convert with y.long() if the values are whole numbers"
+        )
+    if y.dim() == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.dim() != 1:
+        raise ValueError(f"y: expected class labels of shape (N,), got {tuple(y.shape)}")
+    return y.long()
+
+
+class Categorical(Likelihood):
+    r"""Categorical likelihood on logits, :math:`y \sim \mathrm{Cat}(\mathrm{softmax}(f))`.
+
+    Targets are integer class labels of shape ``(N,)`` in ``[0, out)``. The posterior predictive
+    ``mean`` is the Bayesian model average of the class probabilities, and ``std`` their
+    standard deviation across posterior draws (the epistemic part).
+    """
+
+    is_classifier = True
+
+    def check_outputs(self, out_features: int) -> None:
+        if out_features < 2:
+            raise ValueError(
+                f"Categorical: the network has {out_features} output(s); it needs one logit per "
+                "class (use Bernoulli for a single logit)"
+            )
+
+    def check_targets(self, y: Tensor, out_features: int) -> Tensor:
+        y = _check_labels(y)
+        if y.numel() and (int(y.min()) < 0 or int(y.max()) >= out_features):
+            raise ValueError(
+                f"y: class labels must lie in [0, {out_features}), got range "
+                f"[{int(y.min())}, {int(y.max())}]"
+            )
+        return y
+
+    def predictive(self, f: Tensor, latents: Mapping[str, Tensor]) -> Distribution:
+        return dist.Categorical(logits=f)
+
+    def summary(self, f: Tensor, latents: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+        probs = torch.softmax(f, dim=-1)
+        return probs.mean(0), probs.std(0, correction=0)
+
+
+class Bernoulli(Likelihood):
+    r"""Bernoulli likelihood on one logit, :math:`y \sim \mathrm{Bernoulli}(\sigma(f))`.
+
+    Targets are labels in {0, 1} of shape ``(N,)``: an integer or boolean tensor (or a float
+    tensor holding exactly 0 and 1). ``mean`` is the averaged probability of class 1.
+    """
+
+    is_classifier = True
+
+    def check_outputs(self, out_features: int) -> None:
+        if out_features != 1:
+            raise ValueError(
+                f"Bernoulli: the network must have 1 output (a logit), got {out_features}"
+            )
+
+    def check_targets(self, y: Tensor, out_features: int) -> Tensor:
+        if y.dim() == 2 and y.shape[1] == 1:
+            y = y[:, 0]
+        if y.dim() != 1:
+            raise ValueError(f"y: expected binary labels of shape (N,), got {tuple(y.shape)}")
+        if y.is_complex():
+            raise TypeError(f"y: expected binary labels, got dtype {y.dtype}")
+        if y.numel() and not bool(((y == 0) | (y == 1)).all()):
+            raise ValueError("y: Bernoulli labels must be 0 or 1")
+        return y if y.is_floating_point() else y.float()
+
+    def predictive(self, f: Tensor, latents: Mapping[str, Tensor]) -> Distribution:
+        return dist.Bernoulli(logits=f[..., 0])
+
+    def summary(self, f: Tensor, latents: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+        probs = torch.sigmoid(f[..., 0])
+        return probs.mean(0), probs.std(0, correction=0)

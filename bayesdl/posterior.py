@@ -1,0 +1,407 @@
+"""The result of every inference backend: draws of ``theta`` that predict, score and export.
+
+A :class:`Posterior` holds draws shaped ``(chains, draws, D)`` of the flat unconstrained
+parameters of a :class:`~bayesdl.models.BNN`, per-draw sampler statistics, and the BNN itself.
+MCMC gives several chains; SVGD particles and VI draws come as one chain, with :attr:`kind`
+saying what the draws are (R-hat does not apply to them).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import pickle
+import warnings
+from collections.abc import Callable, Mapping
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ._seeding import seeded
+from .arviz_bridge import from_groups
+from .diagnostics import accuracy, brier_score, expected_calibration_error, rmse
+from .likelihoods import Likelihood
+
+if TYPE_CHECKING:  # pragma: no cover
+    from bayesdl.models import BNN
+
+__all__ = ["KINDS", "Posterior", "Predictive"]
+
+#: What the draws of a posterior are: MCMC draws, ensemble/SVGD particles, or variational draws.
+KINDS = ("mcmc", "particles", "variational")
+
+_FORMAT = "bayesdl.Posterior/1"
+_MAX_ELEMENTS = 2**24  # network outputs held at once while predicting
+
+
+class Predictive:
+    """Posterior predictive at a set of inputs.
+
+    Attributes
+    ----------
+    samples : Tensor
+        Network outputs ``f`` for every draw, ``(chains, draws, N, out)`` (logits for classifiers).
+    """
+
+    def __init__(
+        self,
+        samples: Tensor,
+        likelihood: Likelihood,
+        latents: Mapping[str, Tensor],
+        check_targets: Callable[[Tensor], Tensor],
+    ) -> None:
+        self.samples = samples
+        self.likelihood = likelihood
+        self._latents = dict(latents)
+        self._check_targets = check_targets
+
+    @property
+    def num_draws(self) -> int:
+        """Total number of posterior draws, ``chains * draws``."""
+        return self.samples.shape[0] * self.samples.shape[1]
+
+    def _flat(self) -> tuple[Tensor, dict[str, Tensor]]:
+        return self.samples.flatten(0, 1), {k: v.flatten(0, 1) for k, v in self._latents.items()}
+
+    @cached_property
+    def _summary(self) -> tuple[Tensor, Tensor]:
+        return self.likelihood.summary(*self._flat())
+
+    @property
+    def mean(self) -> Tensor:
+        """Posterior predictive mean: ``E[y]`` for regression (``(N,)`` for one output, else
+        ``(N, out)``), class probabilities ``(N, C)`` for ``Categorical``, ``P(y=1)`` ``(N,)`` for
+        ``Bernoulli``."""
+        return self._summary[0]
+
+    @property
+    def std(self) -> Tensor:
+        """Posterior predictive standard deviation: including the observation noise for
+        regression; the spread of class probabilities across draws for classifiers."""
+        return self._summary[1]
+
+    def log_likelihood(self, y: Tensor) -> Tensor:
+        """``log p(y_n | theta_s)`` for every draw and target, ``(chains, draws, N)``."""
+        y = self._check_targets(y)
+        if y.shape[0] != self.samples.shape[2]:
+            raise ValueError(f"y: has {y.shape[0]} rows, the predictions {self.samples.shape[2]}")
+        return self.likelihood.log_prob(self.samples, y, self._latents)
+
+    def log_prob(self, y: Tensor) -> Tensor:
+        r"""Log posterior predictive density of each target, ``(N,)``:
+        :math:`\log \frac1S \sum_s p(y_n \mid \theta_s)`."""
+        ll = self.log_likelihood(y).flatten(0, 1)
+        return torch.logsumexp(ll, dim=0) - math.log(ll.shape[0])
+
+    def sample(self, seed: int | None = None) -> Tensor:
+        """One draw of ``y`` from the likelihood per posterior draw, ``(chains, draws, N, ...)``."""
+        predictive = self.likelihood.predictive(self.samples, self._latents)
+        if seed is None:
+            return predictive.sample()
+        with seeded(seed):
+            return predictive.sample()
+
+
+class Posterior:
+    """Draws from (an approximation of) the posterior of a BNN.
+
+    Parameters
+    ----------
+    theta
+        Draws of the flat unconstrained parameters, ``(chains, draws, D)``.
+    bnn
+        The BNN the draws belong to (``None`` for a bare log density: no ``predict``).
+    sample_stats
+        Per-draw statistics ``{name: (chains, draws)}``, with ArviZ's names where one exists
+        (``lp``, ``acceptance_rate``, ``step_size``, ``tree_depth``, ``n_steps``,
+        ``diverging``, ``energy``).
+    kind
+        ``"mcmc"``, ``"particles"`` (SVGD, ensembles) or ``"variational"`` (draws from a guide).
+    partial
+        Whether the run stopped early (Ctrl-C, non-finite values); the draws are those made so far.
+    attrs
+        Metadata (backend settings, timings), strings and numbers.
+
+    Attributes
+    ----------
+    sample_dims : tuple
+        ``("chain", "draw")``, the names of the two leading dimensions of ``theta``.
+    """
+
+    sample_dims = ("chain", "draw")
+
+    def __init__(
+        self,
+        theta: Tensor,
+        bnn: BNN | None = None,
+        sample_stats: Mapping[str, Tensor] | None = None,
+        *,
+        kind: str = "mcmc",
+        partial: bool = False,
+        attrs: Mapping[str, Any] | None = None,
+    ) -> None:
+        if not isinstance(theta, Tensor) or theta.dim() != 3:
+            raise ValueError(
+                f"theta: expected a tensor of shape (chains, draws, D), got "
+                f"{getattr(theta, 'shape', type(theta).__name__)}"
+            )
+        if bnn is not None and theta.shape[-1] != bnn.num_params:
+            raise ValueError(
+                f"theta: last dimension {theta.shape[-1]} != the BNN's D={bnn.num_params}"
+            )
+        if kind not in KINDS:
+            raise ValueError(f"kind: must be one of {KINDS}, got {kind!r}")
+        stats = {}
+        for name, value in (sample_stats or {}).items():
+            value = torch.as_tensor(value)
+            if tuple(value.shape[:2]) != tuple(theta.shape[:2]):
+                raise ValueError(
+                    f"sample_stats[{name!r}]: expected leading shape {tuple(theta.shape[:2])}, "
+                    f"got {tuple(value.shape)}"
+                )
+            stats[name] = value
+        self.theta = theta.detach()
+        self.bnn = bnn
+        self.sample_stats = stats
+        self.kind = kind
+        self.partial = bool(partial)
+        self.attrs = dict(attrs or {})
+
+    # ------------------------------------------------------------------ shape
+    @property
+    def num_chains(self) -> int:
+        return self.theta.shape[0]
+
+    @property
+    def num_draws(self) -> int:
+        """Draws per chain."""
+        return self.theta.shape[1]
+
+    @property
+    def num_params(self) -> int:
+        return self.theta.shape[2]
+
+    def __repr__(self) -> str:
+        flag = ", partial" if self.partial else ""
+        return (
+            f"Posterior(kind={self.kind!r}, chains={self.num_chains}, draws={self.num_draws}, "
+            f"D={self.num_params}{flag})"
+        )
+
+    # ------------------------------------------------------------------ values
+    def sites(self, constrained: bool = True) -> dict[str, Tensor]:
+        """Named site values ``{name: (chains, draws, *shape)}``.
+
+        Without a BNN (a bare log density) this is ``{"theta": theta}``.
+        """
+        if self.bnn is None:
+            return {"theta": self.theta}
+        return self.bnn.unravel(self.theta, constrained=constrained)
+
+    def _require_bnn(self, what: str) -> BNN:
+        if self.bnn is None:
+            raise ValueError(
+                f"{what}: this posterior has no BNN attached (it came from a bare log density)"
+            )
+        if self.num_draws == 0:
+            raise ValueError(f"{what}: the posterior has no draws (the run stopped during warmup)")
+        return self.bnn
+
+    def predict(self, x: Tensor, *, chunk_size: int | None = None) -> Predictive:
+        """Network outputs at ``x`` for every draw, with posterior predictive summaries.
+
+        Parameters
+        ----------
+        x
+            Inputs ``(N, ...)``.
+        chunk_size
+            Draws evaluated at once (default: as many as keep about 16M outputs in memory).
+        """
+        bnn = self._require_bnn("predict")
+        x = bnn.check_inputs(x)
+        flat = self.theta.flatten(0, 1).to(device=bnn.device, dtype=bnn.dtype)
+        out = bnn.out_features(x)
+        chunk = chunk_size or max(1, _MAX_ELEMENTS // (x.shape[0] * out))
+        with torch.no_grad():
+            f = torch.cat([bnn.forward(flat[i : i + chunk], x) for i in range(0, len(flat), chunk)])
+            values = bnn.unravel(self.theta)
+        latents = {k: values[k] for k in bnn.likelihood.latent_sites()}
+        samples = f.reshape(self.num_chains, self.num_draws, *f.shape[1:])
+        return Predictive(samples, bnn.likelihood, latents, lambda y: bnn.check_data(x, y)[1])
+
+    def evaluate(self, x: Tensor, y: Tensor, *, y_scale: float = 1.0) -> dict[str, float]:
+        """Predictive metrics on held-out data.
+
+        Regression: ``rmse`` of the predictive mean and ``nll``, the mean negative log
+        posterior predictive density. Classification adds ``accuracy``, ``ece`` (15 bins) and
+        ``brier``.
+
+        Parameters
+        ----------
+        x, y
+            Inputs and targets.
+        y_scale
+            Standard deviation used to standardise the targets (``Dataset.y_scale``): metrics are
+            then reported in the original units (``rmse * y_scale``,
+            ``nll + out * log(y_scale)``).
+        """
+        bnn = self._require_bnn("evaluate")
+        x, y = bnn.check_data(x, y)
+        pred = self.predict(x)
+        nll = -float(pred.log_prob(y).mean())
+        if bnn.likelihood.is_classifier:
+            probs = pred.mean
+            return {
+                "accuracy": accuracy(probs, y),
+                "nll": nll,
+                "ece": expected_calibration_error(probs, y),
+                "brier": brier_score(probs, y),
+            }
+        scale = float(y_scale)
+        if not math.isfinite(scale) or scale <= 0:
+            raise ValueError(f"y_scale: must be a finite number > 0, got {y_scale!r}")
+        return {
+            "rmse": rmse(pred.mean, y) * scale,
+            "nll": nll + y.shape[-1] * math.log(scale),
+        }
+
+    # ------------------------------------------------------------------ ArviZ
+    def to_arviz(
+        self,
+        x: Tensor | None = None,
+        y: Tensor | None = None,
+        probe: Tensor | None = None,
+        *,
+        seed: int = 0,
+    ) -> Any:
+        """Export to ArviZ (``InferenceData`` with ArviZ 0.x, ``DataTree`` with 1.x).
+
+        Groups: ``posterior`` (every site in constrained space, ``(chain, draw, *shape)``, and
+        ``f``, the network outputs at the probe inputs, ``(chain, draw, probe, out)``, so
+        ``az.summary(idata, var_names=["f"])`` gives R-hat and ESS in function space);
+        ``sample_stats``; with ``x``: ``posterior_predictive`` (``y`` drawn from the likelihood)
+        and ``constant_data`` (``x``); with ``y`` too: ``log_likelihood`` (``y`` per observation,
+        for ``az.loo``) and ``observed_data``.
+
+        Parameters
+        ----------
+        x, y
+            Inputs and targets to predict and score.
+        probe
+            Probe inputs for ``f`` (default: ``x``; no ``f`` without either).
+        seed
+            Seed of the posterior predictive draws.
+        """
+        groups: dict[str, dict[str, np.ndarray]] = {
+            "posterior": {k: _np(v) for k, v in self.sites().items()},
+            "sample_stats": {k: _np(v) for k, v in self.sample_stats.items()},
+        }
+        dims: dict[str, list[str]] = {}
+        coords: dict[str, Any] = {}
+        if y is not None and x is None:
+            raise ValueError("y: targets need their inputs x")
+        probe = x if probe is None else probe
+        if probe is not None:
+            f = self.predict(probe).samples
+            groups["posterior"]["f"] = _np(f)
+            dims["f"] = ["probe", "out"]
+            coords.update(probe=np.arange(f.shape[2]), out=np.arange(f.shape[3]))
+        if x is not None:
+            bnn = self._require_bnn("to_arviz")
+            x = bnn.check_inputs(x)
+            pred = self.predict(x)
+            y_pred = _squeeze_out(pred.sample(seed), bnn)
+            groups["posterior_predictive"] = {"y": _np(y_pred)}
+            groups["constant_data"] = {"x": _np(x)}
+            coords["obs"] = np.arange(x.shape[0])
+            dims["y"] = ["obs", *_extra_dims("y", y_pred.shape[3:], coords)]
+            dims["x"] = ["obs", *_extra_dims("x", x.shape[1:], coords)]
+            if y is not None:
+                y = bnn.check_data(x, y)[1]
+                groups["log_likelihood"] = {"y": _np(pred.log_likelihood(y))}
+                groups["observed_data"] = {"y": _np(_squeeze_out(y, bnn))}
+        attrs = {
+            "inference_library": "bayesdl",
+            "draws_are": self.kind,
+            "rhat_applies": int(self.kind == "mcmc"),
+            "partial": int(self.partial),
+        }
+        attrs.update({k: v for k, v in self.attrs.items() if isinstance(v, (str, int, float))})
+        return from_groups(
+            groups, coords=coords, dims=dims, attrs={"posterior": attrs, "sample_stats": attrs}
+        )
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | os.PathLike) -> None:
+        """Save draws, statistics, metadata and the BNN declaration to one file.
+
+        The BNN is pickled; if it cannot be (a prior rule with a lambda, say), the draws are
+        still saved with a warning, and :meth:`load` then needs ``bnn=``.
+        """
+        try:
+            bnn_bytes = pickle.dumps(self.bnn) if self.bnn is not None else None
+        except (pickle.PicklingError, AttributeError, TypeError) as err:
+            warnings.warn(
+                f"save: the BNN could not be pickled ({err}); saved the draws only, load them "
+                "with Posterior.load(path, bnn=...)",
+                stacklevel=2,
+            )
+            bnn_bytes = None
+        payload = {
+            "format": _FORMAT,
+            "theta": self.theta,
+            "sample_stats": self.sample_stats,
+            "kind": self.kind,
+            "partial": self.partial,
+            "attrs": self.attrs,
+            "bnn": bnn_bytes,
+        }
+        torch.save(payload, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, bnn: BNN | None = None) -> Posterior:
+        """Load a posterior written by :meth:`save`.
+
+        Parameters
+        ----------
+        path
+            The file.
+        bnn
+            The BNN the draws belong to. If omitted, the pickled BNN stored in the file is
+            restored: only load files you trust (unpickling can run code).
+        """
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
+            raise ValueError(f"path: {os.fspath(path)!r} is not a saved bayesdl Posterior")
+        if bnn is None and payload["bnn"] is not None:
+            bnn = pickle.load(io.BytesIO(payload["bnn"]))
+        return cls(
+            payload["theta"],
+            bnn,
+            payload["sample_stats"],
+            kind=payload["kind"],
+            partial=payload["partial"],
+            attrs=payload["attrs"],
+        )
+
+
+def _np(value: Tensor) -> np.ndarray:
+    return value.detach().cpu().numpy()
+
+
+def _extra_dims(name: str, shape: tuple[int, ...], coords: dict[str, Any]) -> list[str]:
+    """Name the dimensions after ``obs`` of variable ``name`` and give them coordinates."""
+    names = [f"{name}_dim_{i}" for i in range(len(shape))]
+    coords.update({n: np.arange(size) for n, size in zip(names, shape, strict=True)})
+    return names
+
+
+def _squeeze_out(y: Tensor, bnn: BNN) -> Tensor:
+    """Drop the output dimension of single-output regression targets for ArviZ."""
+    if not bnn.likelihood.is_classifier and y.shape[-1] == 1:
+        return y[..., 0]
+    return y

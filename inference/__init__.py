@@ -1,0 +1,24 @@
+"""Inference backends: each takes a BNN and data and returns a :class:`~bayesdl.Posterior`.
+
+Backends are named in one registry, so ``bayesdl.inference.get("nuts")`` (and the CLI) can
+find them.
+"""
+
+from .base import Backend, Callback, NonFiniteError, StepEvent
+from .nuts import NUTS
+
+#: Every backend by name.
+BACKENDS: dict[str, type[Backend]] = {
+    "nuts": NUTS,
+}
+
+
+def get(name: str) -> type[Backend]:
+    """The backend class registered as ``name`` (case-insensitive)."""
+    key = name.lower() if isinstance(name, str) else name
+    if key not in BACKENDS:
+        raise ValueError(f"name: unknown backend {name!r}; available: {sorted(BACKENDS)}")
+    return BACKENDS[key]
+
+
+__all__ = ["BACKENDS", "NUTS", "Backend", "Callback", "NonFiniteError", "StepEvent", "get"]

@@ -1,0 +1,177 @@
+"""The backend protocol and the one driver loop every backend runs on.
+
+A backend is a small object of settings with ``fit(bnn, x, y, *, seed, progress, callbacks)``
+returning a :class:`~bayesdl.Posterior`. Internally each algorithm takes one step at a time;
+:class:`Driver` owns the loop around the steps:
+
+* a progress bar (tqdm) over all stages, silenced with ``progress=False``;
+* callbacks, called after every step with a :class:`StepEvent`;
+* Ctrl-C: a ``KeyboardInterrupt`` (from the keyboard or raised by a callback) stops the loop,
+  and the backend returns the draws made so far in a Posterior marked ``partial``;
+* a NaN guard: a step whose info reports ``finite=False`` stops the loop; the backend then
+  raises :class:`NonFiniteError`, which carries the partial Posterior.
+"""
+
+from __future__ import annotations
+
+import warnings
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from tqdm.auto import tqdm
+
+if TYPE_CHECKING:  # pragma: no cover
+    from torch import Tensor
+
+    from bayesdl import Posterior
+    from bayesdl.models import BNN
+
+__all__ = ["Backend", "Callback", "Driver", "NonFiniteError", "RunOutcome", "StepEvent", "finish"]
+
+
+@dataclass(frozen=True)
+class StepEvent:
+    """What a callback sees after each step.
+
+    Attributes
+    ----------
+    stage
+        The stage of the run (``"warmup"``, ``"sampling"``, ...).
+    step
+        Index of the step within its stage.
+    info
+        Backend-specific statistics of the step (per-chain tensors or numbers).
+    """
+
+    stage: str
+    step: int
+    info: Mapping[str, Any]
+
+
+Callback = Callable[[StepEvent], None]
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """How a driver loop ended: ``reason`` is None when every step ran."""
+
+    reason: str | None = None
+    stage: str | None = None
+    step: int | None = None
+
+    @property
+    def partial(self) -> bool:
+        return self.reason is not None
+
+
+class NonFiniteError(FloatingPointError):
+    """A run produced NaN or infinite values; ``posterior`` holds what was drawn before."""
+
+    def __init__(self, message: str, posterior: Posterior) -> None:
+        super().__init__(message)
+        self.posterior = posterior
+
+
+class Driver:
+    """Runs ``step(stage, i)`` over the stages, with progress, callbacks, Ctrl-C and NaN guard.
+
+    Parameters
+    ----------
+    stages
+        ``[(stage name, number of steps), ...]`` in order.
+    progress
+        Show a tqdm progress bar.
+    callbacks
+        Called with a :class:`StepEvent` after every step.
+    desc
+        Progress bar label.
+    """
+
+    def __init__(
+        self,
+        stages: Sequence[tuple[str, int]],
+        *,
+        progress: bool = True,
+        callbacks: Sequence[Callback] = (),
+        desc: str = "",
+    ) -> None:
+        for cb in callbacks:
+            if not callable(cb):
+                raise TypeError(f"callbacks: expected callables, got {type(cb).__name__}")
+        self.stages = [(name, int(n)) for name, n in stages]
+        self.progress = progress
+        self.callbacks = tuple(callbacks)
+        self.desc = desc
+
+    def run(self, step: Callable[[str, int], Mapping[str, Any]]) -> RunOutcome:
+        """Run every step; return how the loop ended.
+
+        ``step`` returns an info mapping; its optional key ``"postfix"`` (a dict) is shown on
+        the progress bar and its optional key ``"finite"`` (bool) feeds the NaN guard.
+        """
+        total = sum(n for _, n in self.stages)
+        bar = tqdm(total=total, desc=self.desc, disable=not self.progress, dynamic_ncols=True)
+        stage, i = None, None
+        try:
+            for stage, n in self.stages:
+                for i in range(n):
+                    info = step(stage, i)
+                    if self.progress:
+                        bar.set_description(f"{self.desc} [{stage}]", refresh=False)
+                        bar.set_postfix(info.get("postfix", {}), refresh=False)
+                        bar.update()
+                    event = StepEvent(stage, i, info)
+                    for cb in self.callbacks:
+                        cb(event)
+                    if not info.get("finite", True):
+                        return RunOutcome("non-finite", stage, i)
+        except KeyboardInterrupt:
+            return RunOutcome("interrupted", stage, i)
+        finally:
+            bar.close()
+        return RunOutcome()
+
+
+def finish(posterior: Posterior, outcome: RunOutcome) -> Posterior:
+    """Return the posterior, warning if it is partial; raise :class:`NonFiniteError` on NaN."""
+    where = f"during {outcome.stage} step {outcome.step}"
+    if outcome.reason == "non-finite":
+        raise NonFiniteError(
+            f"non-finite values {where}; the draws made before are in the error's .posterior "
+            "(try a smaller step size or learning rate, or check the data and priors)",
+            posterior,
+        )
+    if outcome.reason == "interrupted":
+        warnings.warn(
+            f"interrupted {where}: returning the {posterior.num_draws} draws per chain made so "
+            "far, marked partial",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return posterior
+
+
+class Backend(ABC):
+    """An inference backend: settings, and ``fit`` returning a Posterior."""
+
+    #: The backend's name in the registry (``bayesdl.inference.get(name)``).
+    name: ClassVar[str]
+
+    @abstractmethod
+    def fit(
+        self,
+        bnn: BNN,
+        x: Tensor,
+        y: Tensor,
+        *,
+        seed: int | None = None,
+        progress: bool = True,
+        callbacks: Sequence[Callback] = (),
+    ) -> Posterior:
+        """Infer the posterior of ``bnn`` given data ``(x, y)``."""
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({args})"

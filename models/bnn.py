@@ -1,0 +1,432 @@
+r"""The BNN declaration: a network, a prior and a likelihood, as a Pyro model and a log density.
+
+A :class:`BNN` offers two views of one density, both derived from the same
+:class:`~bayesdl.priors.Prior` and :class:`~bayesdl.likelihoods.Likelihood` objects:
+
+* :meth:`BNN.model` is a plain Pyro model, so ``pyro.infer.MCMC``, ``SVI`` and ``Predictive``
+  work on it unchanged;
+* :meth:`BNN.log_joint` evaluates the same log density for ``P`` chains or particles at once,
+  on a flat unconstrained parameter tensor ``theta`` of shape ``(P, D)``.
+
+The log joint, with ``B`` observations in the minibatch out of ``num_data``, temperature ``T``
+and constrained values :math:`\vartheta = g(\theta)` (hyper-latent scales are positive), is
+
+.. math::
+    \log \tilde p(\theta) = \frac{1}{T_p}\Big[\log p(\vartheta)
+        + \frac{1}{T_\ell}\frac{\texttt{num\_data}}{B}
+          \sum_{b=1}^{B}\log p(y_b \mid f_\vartheta(x_b), \vartheta)\Big]
+        + \log\Big|\frac{\partial g}{\partial \theta}\Big|,
+
+with ``(T_p, T_l) = (T, 1)`` for ``tempering="posterior"`` (the default: the whole posterior is
+tempered, :math:`p(\vartheta \mid D)^{1/T}`, the cold posterior of Wenzel et al. 2020) and
+``(1, T)`` for ``tempering="likelihood"`` (only the data are over- or under-counted). The
+Jacobian term is never tempered: it is the change of variables of the tempered density.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro import poutine
+from torch import Tensor, nn
+
+from bayesdl._checks import as_tensor, check_count, check_finite, check_positive
+from bayesdl._seeding import child_seeds, seeded
+from bayesdl.functional import FlatLayout, SiteSpec, batched_forward, call_with_parameters
+from bayesdl.likelihoods import Likelihood
+from bayesdl.priors.base import Prior, PriorLike, select
+
+__all__ = ["BNN"]
+
+_TEMPERINGS = ("posterior", "likelihood")
+
+
+@dataclass(frozen=True)
+class _Weight:
+    """A network parameter that is a sample site."""
+
+    name: str
+    module: str
+    prior: Prior
+
+
+class BNN:
+    """A Bayesian neural network: ``net`` with a ``prior`` on its parameters and a ``likelihood``.
+
+    A declaration only: inference backends (``bayesdl.inference``) take a BNN and data and
+    return a :class:`~bayesdl.Posterior`.
+
+    Parameters
+    ----------
+    net
+        Any ``torch.nn.Module`` mapping inputs ``(N, ...)`` to outputs ``(N, out)`` or ``(N,)``.
+        Its current parameter values are the starting point only for parameters kept fixed.
+    prior
+        A :class:`~bayesdl.priors.Prior` for every parameter, a dict ``{name pattern: prior}``
+        or a :class:`~bayesdl.priors.Select` rule (``None`` keeps a parameter fixed).
+    likelihood
+        A :class:`~bayesdl.likelihoods.Likelihood`.
+    temperature
+        ``T > 0``; ``T < 1`` gives a cold posterior.
+    tempering
+        ``"posterior"`` tempers prior and likelihood, ``p(theta | D)^(1/T)``; ``"likelihood"``
+        tempers only the likelihood, ``p(D | theta)^(1/T) p(theta)``.
+
+    Attributes
+    ----------
+    layout : FlatLayout
+        The sites of ``theta`` in order: for each parameter, its prior's latent sites then the
+        parameter; then the likelihood's latent sites.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        prior: PriorLike,
+        likelihood: Likelihood,
+        temperature: float = 1.0,
+        tempering: str = "posterior",
+    ) -> None:
+        if not isinstance(net, nn.Module):
+            raise TypeError(f"net: expected a torch.nn.Module, got {type(net).__name__}")
+        if not isinstance(likelihood, Likelihood):
+            raise TypeError(
+                f"likelihood: expected a bayesdl Likelihood, got {type(likelihood).__name__}"
+            )
+        if tempering not in _TEMPERINGS:
+            raise ValueError(f"tempering: must be one of {_TEMPERINGS}, got {tempering!r}")
+        self.net = net
+        self.prior = select(prior)
+        self.likelihood = likelihood
+        self.temperature = check_positive("temperature", temperature)
+        self.tempering = tempering
+
+        modules = dict(net.named_modules())
+        weights: list[_Weight] = []
+        fixed: list[str] = []
+        specs: list[SiteSpec] = []
+        for name, param in net.named_parameters():
+            owner = name.rsplit(".", 1)[0] if "." in name else ""
+            chosen = self.prior(name, param, modules[owner])
+            if chosen is None:
+                fixed.append(name)
+                continue
+            weights.append(_Weight(name, owner, chosen))
+            latents = chosen.latent_sites(name, param, modules[owner])
+            for site, d in latents.items():
+                specs.append(_latent_spec(site, d, f"the prior of {name!r}"))
+            # Build the distribution once now, so a prior that cannot serve this parameter
+            # (a conv prior on a Linear weight, say) fails here rather than mid-sampling.
+            example = {site: d.sample() for site, d in latents.items()}
+            chosen.distribution(name, param, modules[owner], example)
+            specs.append(SiteSpec(name, param.shape))
+        for site, d in likelihood.latent_sites().items():
+            specs.append(_latent_spec(site, d, "the likelihood"))
+        if not weights:
+            raise ValueError(
+                "prior: every parameter is fixed; a BNN needs at least one sample site"
+            )
+        self._weights = tuple(weights)
+        self._fixed_names = tuple(fixed)
+        self.layout = FlatLayout(specs)
+        self._out_features: dict[tuple[int, ...], int] = {}
+
+    # ------------------------------------------------------------------ structure
+    @property
+    def num_params(self) -> int:
+        """``D``, the length of ``theta``."""
+        return self.layout.size
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.net.parameters()).dtype
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.net.parameters()).device
+
+    def ravel(self, sites: Mapping[str, Tensor], constrained: bool = True) -> Tensor:
+        """Named site values ``{name: (*batch, *shape)}`` to ``theta`` ``(*batch, D)``."""
+        return self.layout.ravel(sites, constrained=constrained)
+
+    def unravel(self, theta: Tensor, constrained: bool = True) -> dict[str, Tensor]:
+        """``theta`` ``(*batch, D)`` to named site values (constrained by default)."""
+        return self.layout.unravel(theta, constrained=constrained)
+
+    def _fixed(self) -> dict[str, Tensor]:
+        fixed = {n: self.net.get_parameter(n).data for n in self._fixed_names}
+        fixed.update(dict(self.net.named_buffers()))
+        return fixed
+
+    def _walk(
+        self, visit: Callable[[str, dist.Distribution, torch.Size], Tensor]
+    ) -> dict[str, Tensor]:
+        """Visit every site in order and collect the values ``visit(name, prior, shape)`` returns.
+
+        The one traversal behind the Pyro model, the log prior and prior sampling: each
+        parameter's latent sites first, then the parameter, whose prior is built from the latent
+        values just visited; then the likelihood's latents. Templates are detached so that a
+        TorchScript trace (Pyro's ``jit_compile``) can hold them as constants.
+        """
+        values: dict[str, Tensor] = {}
+        for w in self._weights:
+            param = self.net.get_parameter(w.name).data
+            module = self.net.get_submodule(w.module)
+            latents = w.prior.latent_sites(w.name, param, module)
+            for site, d in latents.items():
+                values[site] = visit(site, d, d.event_shape)
+            d = w.prior.distribution(w.name, param, module, {s: values[s] for s in latents})
+            values[w.name] = visit(w.name, d, param.shape)
+        for site, d in self.likelihood.latent_sites().items():
+            values[site] = visit(site, d, d.event_shape)
+        return values
+
+    def _likelihood_latents(self, values: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        return {s: values[s] for s in self.likelihood.latent_sites()}
+
+    # ------------------------------------------------------------------ data checks
+    def out_features(self, x: Tensor) -> int:
+        """Output width of the network for inputs like ``x`` (raises ``ValueError`` naming x)."""
+        key = tuple(int(s) for s in x.shape[1:])
+        if key not in self._out_features:
+            detached = {n: p.detach() for n, p in self.net.named_parameters()}
+            try:
+                with torch.no_grad():
+                    out = torch.func.functional_call(self.net, detached, (x[:1],))
+            except (RuntimeError, ValueError, IndexError) as err:
+                raise ValueError(
+                    f"x: the network cannot take inputs of shape {tuple(x.shape)} "
+                    f"(per-example shape {key}): {err}"
+                ) from err
+            if out.dim() not in (1, 2):
+                raise ValueError(
+                    f"net: outputs must have shape (N, out) or (N,), got {tuple(out.shape)}"
+                )
+            width = 1 if out.dim() == 1 else out.shape[1]
+            self.likelihood.check_outputs(width)
+            self._out_features[key] = width
+        return self._out_features[key]
+
+    def check_inputs(self, x: object) -> Tensor:
+        """Validate inputs and return them as a tensor of the network's dtype and device."""
+        x = as_tensor("x", x)
+        if not (x.is_floating_point() or x.dtype in (torch.int32, torch.int64, torch.uint8)):
+            raise TypeError(f"x: expected real-valued inputs, got dtype {x.dtype}")
+        if x.dim() < 2:
+            raise ValueError(
+                f"x: expected shape (N, ...) with one row per example, got {tuple(x.shape)}; "
+                "for one feature use x[:, None]"
+            )
+        if x.shape[0] == 0:
+            raise ValueError("x: is empty")
+        x = x.to(dtype=self.dtype, device=self.device)
+        check_finite("x", x)
+        self.out_features(x)
+        return x
+
+    def check_data(self, x: object, y: object) -> tuple[Tensor, Tensor]:
+        """Validate inputs and targets before any work; returns them ready for the model.
+
+        Raises
+        ------
+        TypeError, ValueError
+            Naming ``x`` or ``y``: non-finite values, mismatched lengths, a wrong input width,
+            float labels for a classifier, labels out of range.
+        """
+        x = self.check_inputs(x)
+        y = as_tensor("y", y)
+        if y.dim() == 0 or y.shape[0] != x.shape[0]:
+            raise ValueError(
+                f"y: has {y.shape[0] if y.dim() else 0} rows but x has {x.shape[0]}; "
+                "they must have the same length"
+            )
+        if y.is_floating_point():
+            check_finite("y", y)
+        y = self.likelihood.check_targets(y.to(self.device), self.out_features(x))
+        if y.is_floating_point():
+            y = y.to(self.dtype)
+        return x, y
+
+    def _num_data(self, num_data: int | None, batch: int) -> int:
+        if num_data is None:
+            return batch
+        num_data = check_count("num_data", num_data)
+        if num_data < batch:
+            raise ValueError(f"num_data: {num_data} is smaller than the minibatch size {batch}")
+        return num_data
+
+    # ------------------------------------------------------------------ the Pyro model
+    def model(self, x: Tensor, y: Tensor | None = None, num_data: int | None = None) -> Tensor:
+        """The BNN as a Pyro model.
+
+        Samples every site from its prior, evaluates the network, records the outputs as the
+        deterministic site ``"f"`` and observes ``y`` at site ``"y"`` inside a ``"data"`` plate of
+        size ``num_data`` (the minibatch is scaled by ``num_data / len(x)``).
+
+        Returns
+        -------
+        Tensor
+            Network outputs ``(N, out)``.
+        """
+        if y is None:
+            x = self.check_inputs(x)
+        else:
+            x, y = self.check_data(x, y)
+        num_data = self._num_data(num_data, x.shape[0])
+        prior_scale = 1.0 / self.temperature if self.tempering == "posterior" else 1.0
+        lik_scale = 1.0 / self.temperature if self.tempering == "likelihood" else 1.0
+        with poutine.scale(scale=prior_scale):
+            values = self._walk(lambda name, d, shape: pyro.sample(name, _to_shape(d, shape)))
+            params = {w.name: values[w.name] for w in self._weights}
+            f = call_with_parameters(self.net, {**self._fixed(), **params}, x)
+            f = f[:, None] if f.dim() == 1 else f
+            pyro.deterministic("f", f)
+            subsample = torch.arange(x.shape[0], device=x.device)
+            with pyro.plate("data", num_data, subsample=subsample), poutine.scale(scale=lik_scale):
+                pyro.sample(
+                    "y", self.likelihood.predictive(f, self._likelihood_latents(values)), obs=y
+                )
+        return f
+
+    # ------------------------------------------------------------------ the functional view
+    def forward(self, theta: Tensor, x: Tensor) -> Tensor:
+        """Network outputs for every row of ``theta``: ``(P, D)`` -> ``(P, N, out)``."""
+        x = self.check_inputs(x)
+        self._check_theta(theta)
+        return self._forward(self.unravel(theta), x)
+
+    def _forward(self, values: Mapping[str, Tensor], x: Tensor) -> Tensor:
+        params = {w.name: values[w.name] for w in self._weights}
+        f = batched_forward(self.net, params, x, self._fixed())
+        return f[..., None] if f.dim() == 2 else f
+
+    def _check_theta(self, theta: Tensor) -> None:
+        if not isinstance(theta, Tensor):
+            raise TypeError(f"theta: expected a torch.Tensor, got {type(theta).__name__}")
+        if theta.dim() != 2 or theta.shape[1] != self.num_params:
+            raise ValueError(
+                f"theta: expected shape (P, {self.num_params}), got {tuple(theta.shape)}"
+            )
+        if theta.dtype != self.dtype:
+            raise TypeError(
+                f"theta: expected dtype {self.dtype} (the network's), got {theta.dtype}"
+            )
+
+    def log_prior(self, theta: Tensor) -> Tensor:
+        """Untempered log prior density of the constrained values, ``(P, D)`` -> ``(P,)``.
+
+        The log-det Jacobian of the constraining transform is not included (see :meth:`log_joint`).
+        """
+        self._check_theta(theta)
+        with pyro.validation_enabled(False):
+            return self._log_prior(self.unravel(theta))
+
+    def _log_prior(self, values: Mapping[str, Tensor]) -> Tensor:
+        """Sum of the sites' prior log densities for batched values ``(P, *shape)`` -> ``(P,)``."""
+        terms = []
+
+        def score(name: str, d: dist.Distribution, shape: torch.Size) -> Tensor:
+            value = values[name]
+            terms.append(d.log_prob(value).reshape(value.shape[0], -1).sum(-1))
+            return value
+
+        self._walk(score)
+        return torch.stack(terms).sum(0)
+
+    def log_likelihood(
+        self, theta: Tensor, x: Tensor, y: Tensor, num_data: int | None = None
+    ) -> Tensor:
+        """Untempered minibatch log-likelihood scaled by ``num_data / N``, ``(P,)``."""
+        x, y = self.check_data(x, y)
+        self._check_theta(theta)
+        scale = self._num_data(num_data, x.shape[0]) / x.shape[0]
+        with pyro.validation_enabled(False):
+            values = self.unravel(theta)
+            f = self._forward(values, x)
+            return self.likelihood.log_prob(f, y, self._likelihood_latents(values)).sum(-1) * scale
+
+    def log_joint_fn(
+        self, x: Tensor, y: Tensor, num_data: int | None = None
+    ) -> Callable[[Tensor], Tensor]:
+        """Check the data once and return ``theta (P, D) -> log_joint (P,)`` for samplers.
+
+        The returned function skips the data checks of :meth:`log_joint`, for use in an inner
+        loop; it is differentiable in ``theta`` and never raises on non-finite ``theta`` (the
+        result is then non-finite, which samplers treat as a rejection).
+        """
+        x, y = self.check_data(x, y)
+        lik_scale = self._num_data(num_data, x.shape[0]) / x.shape[0]
+        temperature = self.temperature
+        posterior_tempering = self.tempering == "posterior"
+
+        def log_joint(theta: Tensor) -> Tensor:
+            with pyro.validation_enabled(False):
+                values = self.unravel(theta)
+                lp_prior = self._log_prior(values)
+                f = self._forward(values, x)
+                latents = self._likelihood_latents(values)
+                lp_lik = self.likelihood.log_prob(f, y, latents).sum(-1) * lik_scale
+                jacobian = self.layout.log_abs_det_jacobian(theta)
+            if posterior_tempering:
+                return (lp_prior + lp_lik) / temperature + jacobian
+            return lp_prior + lp_lik / temperature + jacobian
+
+        return log_joint
+
+    def log_joint(self, theta: Tensor, x: Tensor, y: Tensor, num_data: int | None = None) -> Tensor:
+        """Log joint density of unconstrained ``theta`` ``(P, D)`` -> ``(P,)``, tempered.
+
+        Equals the log joint of a Pyro trace of :meth:`model` at the constrained values plus the
+        log-det Jacobian of the constraining transforms: the negative of Pyro's HMC potential
+        energy at the same point. See the module docstring for the formula.
+        """
+        self._check_theta(theta)
+        return self.log_joint_fn(x, y, num_data)(theta)
+
+    def init_theta(self, P: int, seed: int | None = None) -> Tensor:
+        """``P`` draws of ``theta`` from the prior, shape ``(P, D)``.
+
+        Draw ``p`` depends only on ``seed`` and ``p`` (not on ``P``): chains are seeded one by one
+        from ``numpy.random.SeedSequence(seed)``.
+        """
+        P = check_count("P", P)
+        rows = []
+        for s in child_seeds(seed, P):
+            with seeded(s):
+                rows.append(self._sample_prior())
+        return torch.stack(rows)
+
+    def _sample_prior(self) -> Tensor:
+        values = self._walk(lambda name, d, shape: _to_shape(d, shape).sample())
+        return self.ravel(values).to(device=self.device, dtype=self.dtype)
+
+    def __repr__(self) -> str:
+        return (
+            f"BNN(net={type(self.net).__name__}, D={self.num_params}, prior={self.prior!r}, "
+            f"likelihood={self.likelihood!r}, temperature={self.temperature}, "
+            f"tempering={self.tempering!r})"
+        )
+
+
+def _to_shape(d: dist.Distribution, shape: torch.Size) -> dist.Distribution:
+    """Expand ``d`` to cover ``shape`` and make all of it the event (one site, one tensor)."""
+    batch_ndim = len(shape) - len(d.event_shape)
+    d = d.expand(shape[:batch_ndim]) if tuple(d.batch_shape) != tuple(shape[:batch_ndim]) else d
+    return d.to_event(batch_ndim) if batch_ndim else d
+
+
+def _latent_spec(site: str, d: dist.Distribution, owner: str) -> SiteSpec:
+    if d.batch_shape != ():
+        raise ValueError(
+            f"{owner}: latent site {site!r} must have an empty batch shape (use .to_event()), "
+            f"got batch shape {tuple(d.batch_shape)}"
+        )
+    if d.support.is_discrete:
+        raise ValueError(
+            f"{owner}: latent site {site!r} is discrete; only continuous sites are supported"
+        )
+    return SiteSpec(site, d.event_shape, d.support)

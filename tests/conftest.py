@@ -1,0 +1,38 @@
+"""Shared fixtures. Seeds are fixed so runs are repeatable; set BAYESDL_TEST_SEED to vary them
+(every statistical tolerance is derived from Monte Carlo error, not tuned to a seed)."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+import pytest
+import torch
+
+SEED = int(os.environ.get("BAYESDL_TEST_SEED", "0"))
+
+
+@pytest.fixture
+def seed() -> int:
+    """The base seed of a test (``BAYESDL_TEST_SEED``, default 0)."""
+    return SEED
+
+
+@pytest.fixture
+def shared_data() -> pathlib.Path:
+    """The shared data folder (``BAYESDL_DATA``), or skip when it is absent."""
+    env = os.environ.get("BAYESDL_DATA")
+    if not env:
+        pytest.skip("BAYESDL_DATA is not set: the shared data folder is needed for this test")
+    path = pathlib.Path(env)
+    if not path.is_dir():
+        pytest.skip(f"BAYESDL_DATA={env!r} is not a directory: shared data folder absent")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _float64_default():
+    """Tests run in float32 unless they ask otherwise; restore torch's default dtype after."""
+    dtype = torch.get_default_dtype()
+    yield
+    torch.set_default_dtype(dtype)

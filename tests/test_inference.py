@@ -1,0 +1,150 @@
+"""The inference driver, the backend registry, and NUTS through Pyro."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import bayesdl.inference as inference
+from bayesdl import Posterior, likelihoods, priors
+from bayesdl.inference import NUTS, NonFiniteError, StepEvent
+from bayesdl.inference.base import Driver, RunOutcome, finish
+from bayesdl.models import BNN
+
+
+def _linear_problem(n: int = 30):
+    torch.manual_seed(0)
+    x = torch.randn(n, 2)
+    y = x @ torch.tensor([1.0, -0.5]) + 0.3 + 0.4 * torch.randn(n)
+    bnn = BNN(torch.nn.Linear(2, 1), priors.Gaussian(1.0), likelihoods.Gaussian(0.4))
+    return bnn, x, y
+
+
+def test_registry():
+    assert inference.get("nuts") is NUTS
+    assert inference.get("NUTS") is NUTS
+    with pytest.raises(ValueError, match="unknown backend"):
+        inference.get("gibbs")
+
+
+@pytest.mark.parametrize(
+    "kwargs, arg",
+    [
+        ({"chains": 0}, "chains"),
+        ({"draws": 0}, "draws"),
+        ({"warmup": -1}, "warmup"),
+        ({"target_accept": 1.0}, "target_accept"),
+        ({"max_tree_depth": 0}, "max_tree_depth"),
+        ({"mass": "full"}, "mass"),
+        ({"engine": "stan"}, "engine"),
+    ],
+)
+def test_nuts_settings_are_checked(kwargs, arg):
+    with pytest.raises(ValueError, match=arg):
+        NUTS(**kwargs)
+    with pytest.raises(TypeError, match="chains"):
+        NUTS(chains=2.0)
+
+
+def test_bad_data_fails_before_any_sampling(monkeypatch):
+    bnn, x, y = _linear_problem()
+    called = []
+    monkeypatch.setattr("bayesdl.inference.nuts.run_pyro_nuts", lambda *a, **k: called.append(1))
+    x_bad = x.clone()
+    x_bad[3, 1] = float("nan")
+    with pytest.raises(ValueError, match=r"^x:"):
+        NUTS(chains=1, warmup=1, draws=1).fit(bnn, x_bad, y)
+    with pytest.raises(ValueError, match=r"^y:"):
+        NUTS(chains=1, warmup=1, draws=1).fit(bnn, x, y[:-1])
+    with pytest.raises(ValueError, match="init_theta"):
+        NUTS(chains=2, warmup=1, draws=1).fit(bnn, x, y, init_theta=torch.zeros(3, 3))
+    assert not called
+
+
+def test_nuts_runs_and_records_sampler_statistics():
+    bnn, x, y = _linear_problem()
+    post = NUTS(chains=2, warmup=30, draws=20).fit(bnn, x, y, seed=0, progress=False)
+    assert isinstance(post, Posterior) and not post.partial
+    assert post.theta.shape == (2, 20, 3)
+    stats = post.sample_stats
+    assert set(stats) == {
+        "lp",
+        "acceptance_rate",
+        "step_size",
+        "diverging",
+        "n_steps",
+        "tree_depth",
+    }
+    assert all(v.shape == (2, 20) for v in stats.values())
+    assert ((stats["acceptance_rate"] >= 0) & (stats["acceptance_rate"] <= 1)).all()
+    assert (stats["n_steps"] >= 1).all()
+    assert (stats["n_steps"] < 2 ** stats["tree_depth"]).all()
+    # lp is the log joint of the stored draw
+    lp = bnn.log_joint(post.theta.reshape(-1, 3), x, y).reshape(2, 20)
+    torch.testing.assert_close(stats["lp"].float(), lp, rtol=1e-4, atol=1e-4)
+    # the step size is fixed after warmup
+    assert (stats["step_size"] == stats["step_size"][:, :1]).all()
+
+
+def test_nuts_chains_do_not_depend_on_the_number_of_chains():
+    bnn, x, y = _linear_problem()
+    two = NUTS(chains=2, warmup=10, draws=5).fit(bnn, x, y, seed=3, progress=False)
+    one = NUTS(chains=1, warmup=10, draws=5).fit(bnn, x, y, seed=3, progress=False)
+    torch.testing.assert_close(two.theta[:1], one.theta)
+    again = NUTS(chains=1, warmup=10, draws=5).fit(bnn, x, y, seed=3, progress=False)
+    assert torch.equal(again.theta, one.theta)
+
+
+def test_ctrl_c_returns_the_draws_made_so_far():
+    bnn, x, y = _linear_problem()
+    seen: list[StepEvent] = []
+
+    def interrupt(event: StepEvent) -> None:
+        seen.append(event)
+        if event.stage == "sampling" and event.step == 6:
+            raise KeyboardInterrupt
+
+    with pytest.warns(RuntimeWarning, match="interrupted during sampling step 6"):
+        post = NUTS(chains=2, warmup=10, draws=50).fit(
+            bnn, x, y, seed=0, progress=False, callbacks=[interrupt]
+        )
+    assert post.partial and post.attrs["stopped"] == "interrupted"
+    assert post.theta.shape == (2, 7, 3)
+    assert post.sample_stats["lp"].shape == (2, 7)
+    assert [e.stage for e in seen].count("warmup") == 10
+    assert post.predict(x).samples.shape == (2, 7, 30, 1)
+
+
+def test_ctrl_c_during_warmup_returns_an_empty_partial_posterior():
+    bnn, x, y = _linear_problem()
+
+    def interrupt(event: StepEvent) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.warns(RuntimeWarning, match="interrupted during warmup step 0"):
+        post = NUTS(chains=2, warmup=10, draws=10).fit(
+            bnn, x, y, progress=False, callbacks=[interrupt]
+        )
+    assert post.partial and post.num_draws == 0
+
+
+def test_driver_stops_on_non_finite_steps_and_finish_raises_with_the_draws():
+    calls = []
+
+    def step(stage, i):
+        calls.append((stage, i))
+        return {"finite": not (stage == "b" and i == 2)}
+
+    outcome = Driver([("a", 3), ("b", 5)], progress=False).run(step)
+    assert outcome == RunOutcome("non-finite", "b", 2)
+    assert calls[-1] == ("b", 2) and len(calls) == 6
+    post = Posterior(torch.zeros(1, 2, 3), partial=True)
+    with pytest.raises(NonFiniteError, match="step 2") as err:
+        finish(post, outcome)
+    assert err.value.posterior is post
+    assert finish(post, RunOutcome()) is post
+
+
+def test_driver_rejects_non_callable_callbacks():
+    with pytest.raises(TypeError, match="callbacks"):
+        Driver([("a", 1)], callbacks=[3])

@@ -1,0 +1,174 @@
+"""Posterior: predictions, metrics, the ArviZ export, and save/load."""
+
+from __future__ import annotations
+
+import math
+
+import matplotlib
+import numpy as np
+import pyro.distributions as dist
+import pytest
+import torch
+
+matplotlib.use("Agg")
+
+from bayesdl import Posterior, likelihoods, priors
+from bayesdl.arviz_bridge import import_arviz
+from bayesdl.models import BNN, MLP
+
+az = import_arviz()
+C, S = 3, 40
+
+
+def _regression(learned: bool = False) -> tuple[Posterior, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    noise = dist.HalfNormal(1.0) if learned else 0.5
+    bnn = BNN(MLP(2, [6], 1, "tanh"), priors.Gaussian(1.0), likelihoods.Gaussian(noise))
+    theta = 0.3 * torch.randn(C, S, bnn.num_params)
+    stats = {"lp": torch.randn(C, S), "diverging": torch.zeros(C, S, dtype=torch.bool)}
+    x = torch.randn(12, 2)
+    y = torch.randn(12)
+    return Posterior(theta, bnn, stats, attrs={"inference": "test"}), x, y
+
+
+def _classifier() -> tuple[Posterior, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    bnn = BNN(MLP(2, [6], 3), priors.Gaussian(1.0), likelihoods.Categorical())
+    theta = torch.randn(C, S, bnn.num_params)
+    x = torch.randn(15, 2)
+    y = torch.randint(0, 3, (15,))
+    return Posterior(theta, bnn, kind="particles"), x, y
+
+
+def test_predict_regression_summaries_from_the_definition():
+    post, x, y = _regression(learned=True)
+    pred = post.predict(x)
+    f = post.bnn.forward(post.theta.reshape(C * S, -1), x)[..., 0]
+    sigma = post.sites()["likelihood.scale"].reshape(C * S, 1)
+    assert pred.samples.shape == (C, S, 12, 1)
+    torch.testing.assert_close(pred.mean, f.mean(0))
+    # law of total variance: Var f + E sigma^2
+    torch.testing.assert_close(pred.std, (f.var(0, correction=0) + (sigma**2).mean(0)).sqrt())
+    normal = torch.distributions.Normal(f, sigma)
+    expected = torch.logsumexp(normal.log_prob(y), 0) - math.log(C * S)
+    torch.testing.assert_close(pred.log_prob(y), expected)
+    assert pred.log_likelihood(y).shape == (C, S, 12)
+    assert pred.sample(seed=1).shape == (C, S, 12, 1)
+    torch.testing.assert_close(pred.sample(seed=1), pred.sample(seed=1))
+
+
+def test_evaluate_regression_in_original_units():
+    post, x, y = _regression()
+    pred = post.predict(x)
+    m = post.evaluate(x, y)
+    assert set(m) == {"rmse", "nll"}
+    assert m["rmse"] == pytest.approx(float(((pred.mean - y) ** 2).mean().sqrt()), rel=1e-6)
+    assert m["nll"] == pytest.approx(-float(pred.log_prob(y).mean()), rel=1e-6)
+    scaled = post.evaluate(x, y, y_scale=3.0)
+    assert scaled["rmse"] == pytest.approx(3 * m["rmse"], rel=1e-6)
+    assert scaled["nll"] == pytest.approx(m["nll"] + math.log(3.0), rel=1e-6)
+    with pytest.raises(ValueError, match="y_scale"):
+        post.evaluate(x, y, y_scale=0.0)
+
+
+def test_classifier_predictions_and_metrics():
+    post, x, y = _classifier()
+    pred = post.predict(x)
+    probs = torch.softmax(pred.samples.flatten(0, 1), -1)
+    torch.testing.assert_close(pred.mean, probs.mean(0))
+    torch.testing.assert_close(pred.mean.sum(-1), torch.ones(15))
+    m = post.evaluate(x, y)
+    assert set(m) == {"accuracy", "nll", "ece", "brier"}
+    assert m["accuracy"] == pytest.approx(float((pred.mean.argmax(-1) == y).float().mean()))
+    assert 0 <= m["ece"] <= 1 and 0 <= m["brier"] <= 2
+
+
+def test_to_arviz_groups_and_axes():
+    post, x, y = _regression(learned=True)
+    idata = post.to_arviz(x=x, y=y)
+    assert set(idata.groups()) >= {
+        "posterior",
+        "posterior_predictive",
+        "log_likelihood",
+        "sample_stats",
+        "observed_data",
+        "constant_data",
+    }
+    w = idata.posterior["layers.0.weight"]
+    assert w.dims[:2] == ("chain", "draw") and w.shape == (C, S, 6, 2)
+    np.testing.assert_allclose(
+        w.values[1, 7], post.sites()["layers.0.weight"][1, 7].numpy(), rtol=1e-6
+    )
+    assert idata.posterior["f"].dims == ("chain", "draw", "probe", "out")
+    assert idata.posterior["f"].shape == (C, S, 12, 1)
+    assert idata.log_likelihood["y"].shape == (C, S, 12)
+    assert idata.posterior_predictive["y"].shape == (C, S, 12)
+    assert idata.observed_data["y"].shape == (12,)
+    assert idata.sample_stats["lp"].shape == (C, S)
+    assert idata.posterior.attrs["draws_are"] == "mcmc"
+    assert idata.posterior.attrs["inference"] == "test"
+
+
+def test_arviz_functions_work_on_the_export(tmp_path):
+    post, x, y = _regression()
+    idata = post.to_arviz(x=x, y=y)
+    summary = az.summary(idata, var_names=["f"])
+    assert len(summary) == 12 and "r_hat" in summary and "ess_bulk" in summary
+    loo = az.loo(idata)
+    assert np.isfinite(loo.elpd_loo)
+    axes = az.plot_trace(idata, var_names=["f"], coords={"probe": [0, 1]})
+    assert axes.shape[0] == 1
+    idata.to_netcdf(str(tmp_path / "post.nc"))
+    assert (tmp_path / "post.nc").stat().st_size > 0
+
+
+def test_probe_only_export_and_particles_attr():
+    post, x, _ = _classifier()
+    idata = post.to_arviz(probe=x[:4])
+    assert idata.posterior["f"].shape == (C, S, 4, 3)
+    assert idata.posterior.attrs["rhat_applies"] == 0
+    assert "posterior_predictive" not in idata.groups()
+
+
+def test_save_load_round_trip_is_exact(tmp_path):
+    post, x, y = _regression(learned=True)
+    path = tmp_path / "post.pt"
+    post.save(path)
+    loaded = Posterior.load(path)
+    assert torch.equal(loaded.theta, post.theta)
+    assert loaded.sample_stats.keys() == post.sample_stats.keys()
+    assert all(torch.equal(loaded.sample_stats[k], v) for k, v in post.sample_stats.items())
+    assert (loaded.kind, loaded.partial, loaded.attrs) == (post.kind, post.partial, post.attrs)
+    torch.testing.assert_close(loaded.predict(x).samples, post.predict(x).samples, rtol=0, atol=0)
+    assert loaded.evaluate(x, y) == post.evaluate(x, y)
+    again = Posterior.load(path, bnn=post.bnn)
+    assert again.bnn is post.bnn
+
+
+def test_save_without_picklable_bnn_warns_and_needs_bnn(tmp_path):
+    post, x, _ = _regression()
+    post.bnn.prior = priors.Select({lambda n, p, m: True: priors.Gaussian(1.0)})
+    with pytest.warns(UserWarning, match="could not be pickled"):
+        post.save(tmp_path / "p.pt")
+    loaded = Posterior.load(tmp_path / "p.pt")
+    assert loaded.bnn is None
+    with pytest.raises(ValueError, match="no BNN"):
+        loaded.predict(x)
+
+
+def test_posterior_checks():
+    post, x, _ = _regression()
+    with pytest.raises(ValueError, match="theta"):
+        Posterior(torch.zeros(3, 4), post.bnn)
+    with pytest.raises(ValueError, match="theta"):
+        Posterior(torch.zeros(1, 2, post.bnn.num_params + 1), post.bnn)
+    with pytest.raises(ValueError, match="kind"):
+        Posterior(post.theta, post.bnn, kind="smc")
+    with pytest.raises(ValueError, match="sample_stats"):
+        Posterior(post.theta, post.bnn, {"lp": torch.zeros(2, 2)})
+    empty = Posterior(post.theta[:, :0], post.bnn, partial=True)
+    with pytest.raises(ValueError, match="no draws"):
+        empty.predict(x)
+    bare = Posterior(post.theta, None)
+    assert set(bare.sites()) == {"theta"}
+    assert bare.to_arviz().posterior["theta"].shape == (C, S, post.bnn.num_params)
