@@ -20,15 +20,26 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import torch
+from torch import Tensor
 from tqdm.auto import tqdm
 
-if TYPE_CHECKING:  # pragma: no cover
-    from torch import Tensor
+from bayesdl._checks import check_count
 
+if TYPE_CHECKING:  # pragma: no cover
     from bayesdl import Posterior
     from bayesdl.models import BNN
 
-__all__ = ["Backend", "Callback", "Driver", "NonFiniteError", "RunOutcome", "StepEvent", "finish"]
+__all__ = [
+    "Backend",
+    "Callback",
+    "Driver",
+    "Minibatches",
+    "NonFiniteError",
+    "RunOutcome",
+    "StepEvent",
+    "finish",
+]
 
 
 @dataclass(frozen=True)
@@ -151,6 +162,57 @@ def finish(posterior: Posterior, outcome: RunOutcome) -> Posterior:
             stacklevel=3,
         )
     return posterior
+
+
+class Minibatches:
+    """Endless minibatches of ``(x, y)``: a fresh random permutation every epoch.
+
+    Every example is used once per epoch; the last, shorter batch of an epoch is dropped so
+    that every minibatch has ``batch_size`` examples (the likelihood is scaled by
+    ``num_data / batch_size``). With ``batch_size=None`` (or at least ``len(x)``) every batch
+    is the full data set, in order.
+
+    Parameters
+    ----------
+    x, y
+        Checked data (``BNN.check_data``).
+    batch_size
+        Examples per minibatch, or ``None`` for full batches.
+    seed
+        Seed of the permutations (a private generator: the global RNG is untouched).
+    """
+
+    def __init__(self, x: Tensor, y: Tensor, batch_size: int | None, seed: int | None) -> None:
+        self.x, self.y = x, y
+        self.num_data = x.shape[0]
+        if batch_size is None or check_count("batch_size", batch_size) >= self.num_data:
+            self.batch_size = self.num_data
+        else:
+            self.batch_size = batch_size
+        self._generator = torch.Generator(device="cpu")
+        if seed is None:
+            self._generator.seed()
+        else:
+            self._generator.manual_seed(seed)
+        self._order: Tensor | None = None
+        self._position = 0
+
+    @property
+    def full_batch(self) -> bool:
+        return self.batch_size == self.num_data
+
+    def __iter__(self) -> Minibatches:
+        return self
+
+    def __next__(self) -> tuple[Tensor, Tensor]:
+        if self.full_batch:
+            return self.x, self.y
+        if self._order is None or self._position + self.batch_size > self.num_data:
+            self._order = torch.randperm(self.num_data, generator=self._generator)
+            self._position = 0
+        index = self._order[self._position : self._position + self.batch_size].to(self.x.device)
+        self._position += self.batch_size
+        return self.x[index], self.y[index]
 
 
 class Backend(ABC):

@@ -148,3 +148,22 @@ def test_driver_stops_on_non_finite_steps_and_finish_raises_with_the_draws():
 def test_driver_rejects_non_callable_callbacks():
     with pytest.raises(TypeError, match="callbacks"):
         Driver([("a", 1)], callbacks=[3])
+
+
+def test_minibatches_cover_each_epoch_once_and_are_seeded():
+    from bayesdl.inference.base import Minibatches
+
+    x = torch.arange(10.0)[:, None]
+    y = torch.arange(10)
+    batches = Minibatches(x, y, batch_size=3, seed=0)
+    epoch = [next(batches) for _ in range(3)]
+    seen = torch.cat([b[1] for b in epoch])
+    assert len(set(seen.tolist())) == 9  # 3 batches of 3, the 10th example waits for the next epoch
+    assert all(torch.equal(bx[:, 0].long(), by) for bx, by in epoch)
+    again = Minibatches(x, y, batch_size=3, seed=0)
+    assert all(torch.equal(next(again)[1], b[1]) for b in epoch)
+    full = Minibatches(x, y, batch_size=None, seed=0)
+    assert full.full_batch and torch.equal(next(full)[1], y)
+    assert Minibatches(x, y, batch_size=50, seed=0).full_batch
+    with pytest.raises(ValueError, match="batch_size"):
+        Minibatches(x, y, batch_size=0, seed=0)
