@@ -16,15 +16,17 @@ import torch
 __all__ = ["child_seeds", "seeded"]
 
 
-def child_seeds(seed: int | None, n: int) -> list[int]:
+def child_seeds(seed: int | None, n: int, stream: int = 0) -> list[int]:
     """``n`` independent integer seeds derived from ``seed``.
 
-    Child ``i`` depends only on ``seed`` and ``i``, not on ``n``, so chain ``i`` gets the same
-    stream whether 2 or 64 chains run. ``seed=None`` draws fresh entropy.
+    Child ``i`` depends only on ``seed``, ``stream`` and ``i``, not on ``n``, so chain ``i`` gets
+    the same stream whether 2 or 64 chains run. Different ``stream`` numbers give unrelated
+    seeds (the initial values and the sampler's random numbers use different streams).
+    ``seed=None`` draws fresh entropy.
     """
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
         raise ValueError(f"seed: expected a non-negative integer or None, got {seed!r}")
-    children = np.random.SeedSequence(seed).spawn(n)
+    children = np.random.SeedSequence(seed, spawn_key=(stream,)).spawn(n)
     return [int(c.generate_state(1, dtype=np.uint32)[0]) for c in children]
 
 

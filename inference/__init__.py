@@ -5,10 +5,12 @@ find them.
 """
 
 from .base import Backend, Callback, NonFiniteError, StepEvent
+from .hmc import HMC
 from .nuts import NUTS
 
 #: Every backend by name.
 BACKENDS: dict[str, type[Backend]] = {
+    "hmc": HMC,
     "nuts": NUTS,
 }
 
@@ -21,4 +23,4 @@ def get(name: str) -> type[Backend]:
     return BACKENDS[key]
 
 
-__all__ = ["BACKENDS", "NUTS", "Backend", "Callback", "NonFiniteError", "StepEvent", "get"]
+__all__ = ["BACKENDS", "HMC", "NUTS", "Backend", "Callback", "NonFiniteError", "StepEvent", "get"]

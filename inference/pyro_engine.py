@@ -1,4 +1,4 @@
-"""Pyro's NUTS as a bayesdl engine: one Pyro kernel per chain, advanced in lockstep.
+"""Pyro's HMC and NUTS as a bayesdl engine: one Pyro kernel per chain, advanced in lockstep.
 
 Pyro's own ``MCMC`` runs chains one after another (or in fragile worker processes) and loses
 every draw if interrupted. Here the driver steps each chain's ``pyro.infer.NUTS`` kernel in
@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any
 
 import pyro
 import torch
-from pyro.infer.autoguide.initialization import init_to_value
 
 from bayesdl._seeding import child_seeds, seeded
 from bayesdl.posterior import Posterior
@@ -34,7 +33,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from bayesdl.models import BNN
 
-__all__ = ["run_pyro_nuts"]
+__all__ = ["run_pyro_mcmc"]
 
 _STATS = ("lp", "acceptance_rate", "step_size", "diverging", "n_steps", "tree_depth")
 
@@ -63,6 +62,7 @@ class _Chain:
         self.counter = _CountingPotential(kernel.potential_fn)
         kernel.potential_fn = self.counter
         self.warmup = warmup
+        self.is_nuts = isinstance(kernel, pyro.infer.NUTS)
 
     def step(self) -> dict[str, Any]:
         kernel = self.kernel
@@ -83,11 +83,12 @@ class _Chain:
             "step_size": float(kernel.step_size),
             "diverging": len(kernel._divergences) > divergences_before,
             "n_steps": n_steps,
-            "tree_depth": math.ceil(math.log2(n_steps + 1)),
+            "tree_depth": math.ceil(math.log2(n_steps + 1)) if self.is_nuts else 0,
         }
 
 
-def run_pyro_nuts(
+def run_pyro_mcmc(
+    make_kernel: Callable[[Callable[..., Any], dict[str, Tensor]], Any],
     bnn: BNN,
     x: Tensor,
     y: Tensor,
@@ -95,19 +96,20 @@ def run_pyro_nuts(
     *,
     warmup: int,
     draws: int,
-    target_accept: float,
-    max_tree_depth: int,
-    dense_mass: bool,
-    jit: bool,
     num_data: int | None,
     seed: int | None,
     progress: bool,
     callbacks: Sequence[Callback],
+    desc: str,
     attrs: dict[str, Any],
 ) -> Posterior:
-    """Run ``len(init_theta)`` chains of Pyro's NUTS on ``bnn.model`` in lockstep."""
+    """Run ``len(init_theta)`` chains of a Pyro HMC/NUTS kernel on ``bnn.model`` in lockstep.
+
+    ``make_kernel(model, init_values)`` builds one chain's kernel (``pyro.infer.NUTS(...)``)
+    starting from the constrained values ``init_values``.
+    """
     num_chains = init_theta.shape[0]
-    seeds = child_seeds(seed, num_chains)
+    seeds = child_seeds(seed, num_chains, stream=1)
     draws_theta: list[Tensor] = []
     stats: dict[str, list[list[Any]]] = {k: [] for k in _STATS}
     with (
@@ -121,16 +123,7 @@ def run_pyro_nuts(
         )
         chains = []
         for c in range(num_chains):
-            init = {k: v for k, v in bnn.unravel(init_theta[c]).items()}
-            kernel = pyro.infer.NUTS(
-                bnn.model,
-                target_accept_prob=target_accept,
-                max_tree_depth=max_tree_depth,
-                full_mass=dense_mass,
-                jit_compile=jit,
-                ignore_jit_warnings=True,
-                init_strategy=init_to_value(values=init),
-            )
+            kernel = make_kernel(bnn.model, bnn.unravel(init_theta[c]))
             chains.append(_Chain(kernel, seeds[c], warmup, (x, y, num_data)))
 
         def step(stage: str, i: int) -> dict[str, Any]:
@@ -156,7 +149,7 @@ def run_pyro_nuts(
             [("warmup", warmup), ("sampling", draws)],
             progress=progress,
             callbacks=callbacks,
-            desc=f"NUTS (pyro, {num_chains} chains)",
+            desc=desc,
         )
         outcome = driver.run(step)
         for chain in chains:

@@ -9,7 +9,7 @@ import bayesdl.inference as inference
 from bayesdl import Posterior, likelihoods, priors
 from bayesdl.inference import NUTS, NonFiniteError, StepEvent
 from bayesdl.inference.base import Driver, RunOutcome, finish
-from bayesdl.models import BNN
+from bayesdl.models import BNN, MLP
 
 
 def _linear_problem(n: int = 30):
@@ -23,6 +23,7 @@ def _linear_problem(n: int = 30):
 def test_registry():
     assert inference.get("nuts") is NUTS
     assert inference.get("NUTS") is NUTS
+    assert inference.get("hmc") is inference.HMC
     with pytest.raises(ValueError, match="unknown backend"):
         inference.get("gibbs")
 
@@ -49,7 +50,8 @@ def test_nuts_settings_are_checked(kwargs, arg):
 def test_bad_data_fails_before_any_sampling(monkeypatch):
     bnn, x, y = _linear_problem()
     called = []
-    monkeypatch.setattr("bayesdl.inference.nuts.run_pyro_nuts", lambda *a, **k: called.append(1))
+    monkeypatch.setattr("bayesdl.inference.hmc.run_pyro_mcmc", lambda *a, **k: called.append(1))
+    monkeypatch.setattr("bayesdl.inference.hmc.run_mcmc", lambda *a, **k: called.append(1))
     x_bad = x.clone()
     x_bad[3, 1] = float("nan")
     with pytest.raises(ValueError, match=r"^x:"):
@@ -61,20 +63,16 @@ def test_bad_data_fails_before_any_sampling(monkeypatch):
     assert not called
 
 
-def test_nuts_runs_and_records_sampler_statistics():
+@pytest.mark.parametrize("engine", ["bayesdl", "pyro"])
+def test_nuts_runs_and_records_sampler_statistics(engine):
     bnn, x, y = _linear_problem()
-    post = NUTS(chains=2, warmup=30, draws=20).fit(bnn, x, y, seed=0, progress=False)
+    post = NUTS(chains=2, warmup=30, draws=20, engine=engine).fit(bnn, x, y, seed=0, progress=False)
     assert isinstance(post, Posterior) and not post.partial
     assert post.theta.shape == (2, 20, 3)
+    assert post.attrs["engine"] == engine
     stats = post.sample_stats
-    assert set(stats) == {
-        "lp",
-        "acceptance_rate",
-        "step_size",
-        "diverging",
-        "n_steps",
-        "tree_depth",
-    }
+    expected = {"lp", "acceptance_rate", "step_size", "diverging", "n_steps", "tree_depth"}
+    assert set(stats) == (expected | {"energy"} if engine == "bayesdl" else expected)
     assert all(v.shape == (2, 20) for v in stats.values())
     assert ((stats["acceptance_rate"] >= 0) & (stats["acceptance_rate"] <= 1)).all()
     assert (stats["n_steps"] >= 1).all()
@@ -86,16 +84,18 @@ def test_nuts_runs_and_records_sampler_statistics():
     assert (stats["step_size"] == stats["step_size"][:, :1]).all()
 
 
-def test_nuts_chains_do_not_depend_on_the_number_of_chains():
+@pytest.mark.parametrize("engine", ["bayesdl", "pyro"])
+def test_nuts_chains_do_not_depend_on_the_number_of_chains(engine):
     bnn, x, y = _linear_problem()
-    two = NUTS(chains=2, warmup=10, draws=5).fit(bnn, x, y, seed=3, progress=False)
-    one = NUTS(chains=1, warmup=10, draws=5).fit(bnn, x, y, seed=3, progress=False)
+    two = NUTS(chains=2, warmup=10, draws=5, engine=engine).fit(bnn, x, y, seed=3, progress=False)
+    one = NUTS(chains=1, warmup=10, draws=5, engine=engine).fit(bnn, x, y, seed=3, progress=False)
     torch.testing.assert_close(two.theta[:1], one.theta)
-    again = NUTS(chains=1, warmup=10, draws=5).fit(bnn, x, y, seed=3, progress=False)
+    again = NUTS(chains=1, warmup=10, draws=5, engine=engine).fit(bnn, x, y, seed=3, progress=False)
     assert torch.equal(again.theta, one.theta)
 
 
-def test_ctrl_c_returns_the_draws_made_so_far():
+@pytest.mark.parametrize("engine", ["bayesdl", "pyro"])
+def test_ctrl_c_returns_the_draws_made_so_far(engine):
     bnn, x, y = _linear_problem()
     seen: list[StepEvent] = []
 
@@ -105,7 +105,7 @@ def test_ctrl_c_returns_the_draws_made_so_far():
             raise KeyboardInterrupt
 
     with pytest.warns(RuntimeWarning, match="interrupted during sampling step 6"):
-        post = NUTS(chains=2, warmup=10, draws=50).fit(
+        post = NUTS(chains=2, warmup=10, draws=50, engine=engine).fit(
             bnn, x, y, seed=0, progress=False, callbacks=[interrupt]
         )
     assert post.partial and post.attrs["stopped"] == "interrupted"
@@ -167,3 +167,25 @@ def test_minibatches_cover_each_epoch_once_and_are_seeded():
     assert Minibatches(x, y, batch_size=50, seed=0).full_batch
     with pytest.raises(ValueError, match="batch_size"):
         Minibatches(x, y, batch_size=0, seed=0)
+
+
+def test_nuts_with_hierarchical_prior_and_learned_noise():
+    import pyro.distributions as dist
+
+    _, x, y = _linear_problem()
+    bnn = BNN(
+        MLP(2, [3], 1, "tanh"),
+        priors.Select(
+            {"*.weight": priors.InverseGammaScale(2.0, 2.0)}, default=priors.Gaussian(1.0)
+        ),
+        likelihoods.Gaussian(dist.HalfNormal(1.0)),
+    )
+    post = NUTS(chains=1, warmup=15, draws=10, max_tree_depth=5).fit(
+        bnn, x, y, seed=0, progress=False
+    )
+    sites = post.sites()
+    assert sites["layers.0.weight.scale"].shape == (1, 10) and bool(
+        (sites["likelihood.scale"] > 0).all()
+    )
+    lp = bnn.log_joint(post.theta[0], x, y)
+    torch.testing.assert_close(post.sample_stats["lp"][0].float(), lp, rtol=1e-4, atol=1e-3)

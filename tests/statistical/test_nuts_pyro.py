@@ -14,7 +14,7 @@ from .blr import check_gaussian_draws, linear_regression
 @pytest.mark.parametrize("mass", ["diag", "dense"])
 def test_nuts_pyro_recovers_linear_regression_posterior(mass, seed):
     problem = linear_regression(seed=seed)
-    post = NUTS(chains=4, warmup=200, draws=300, mass=mass).fit(
+    post = NUTS(chains=4, warmup=200, draws=300, mass=mass, engine="pyro").fit(
         problem.bnn, problem.x, problem.y, seed=seed, progress=False
     )
     result = check_gaussian_draws(post.theta, problem.mean, problem.precision)

@@ -1,0 +1,169 @@
+r"""Warmup adaptation as Stan does it, for every chain separately but as one batch.
+
+* **Step size**: Nesterov dual averaging (Hoffman & Gelman 2014, algorithm 5) drives the mean
+  acceptance statistic :math:`\bar\alpha` to a target :math:`\delta`:
+
+  .. math::
+      \bar H_t = (1 - \tfrac{1}{t + t_0})\bar H_{t-1} + \tfrac{1}{t + t_0}(\delta - \alpha_t),\quad
+      \log\epsilon_t = \mu - \tfrac{\sqrt t}{\gamma}\bar H_t,\quad
+      \log\bar\epsilon_t = t^{-\kappa}\log\epsilon_t + (1 - t^{-\kappa})\log\bar\epsilon_{t-1},
+
+  with :math:`\mu = \log(10\,\epsilon_0)`, :math:`\gamma = 0.05`, :math:`t_0 = 10`,
+  :math:`\kappa = 0.75`; after warmup the averaged :math:`\bar\epsilon` is used.
+* **Mass matrix**: windowed estimates of the posterior (co)variance (Welford), regularised
+  towards a multiple of the identity, :math:`\frac{n}{n+5}\hat\Sigma + 10^{-3}\frac{5}{n+5} I`,
+  in Stan's windows: a fast initial buffer (75 draws), slow windows doubling from 25, and a
+  fast terminal buffer (50 draws); shorter warmups are split 15% / 75% / 10%.
+* **Initial step size**: the heuristic of Hoffman & Gelman (algorithm 4), rerun after every
+  mass-matrix update: double or halve :math:`\epsilon` until the acceptance probability of one
+  leapfrog step crosses 1/2.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from .integrator import IntegratorState, Potential, leapfrog
+from .metric import Metric
+from .rng import ChainRNG
+
+__all__ = ["DualAveraging", "Welford", "find_step_size", "mass_windows"]
+
+
+class DualAveraging:
+    """Per-chain dual averaging of the log step size towards ``target`` acceptance."""
+
+    def __init__(
+        self,
+        step_size: Tensor,
+        target: float,
+        gamma: float = 0.05,
+        t0: float = 10.0,
+        kappa: float = 0.75,
+    ) -> None:
+        self.target, self.gamma, self.t0, self.kappa = target, gamma, t0, kappa
+        self.restart(step_size)
+
+    def restart(self, step_size: Tensor) -> None:
+        """Start again around ``step_size`` (after a mass-matrix update)."""
+        log_step = step_size.double().log()
+        self.mu = math.log(10.0) + log_step
+        self.log_step = log_step
+        self.log_step_avg = torch.zeros_like(log_step)
+        self.h_avg = torch.zeros_like(log_step)
+        self.t = 0
+
+    def update(self, accept_prob: Tensor) -> Tensor:
+        """Feed one transition's acceptance statistics; return the next step sizes."""
+        self.t += 1
+        eta = 1.0 / (self.t + self.t0)
+        accept = torch.nan_to_num(accept_prob.double(), nan=0.0)
+        self.h_avg = (1 - eta) * self.h_avg + eta * (self.target - accept)
+        self.log_step = self.mu - math.sqrt(self.t) / self.gamma * self.h_avg
+        weight = self.t ** (-self.kappa)
+        self.log_step_avg = weight * self.log_step + (1 - weight) * self.log_step_avg
+        return self.log_step.exp()
+
+    @property
+    def final_step_size(self) -> Tensor:
+        """The averaged step size, used after warmup."""
+        return self.log_step_avg.exp()
+
+
+class Welford:
+    """Running mean and (co)variance of every chain's positions."""
+
+    def __init__(self, chains: int, dim: int, dense: bool, like: Tensor) -> None:
+        kw = {"dtype": torch.float64, "device": like.device}
+        self.dense = dense
+        self.n = 0
+        self.mean = torch.zeros(chains, dim, **kw)
+        self.m2 = torch.zeros(chains, dim, dim, **kw) if dense else torch.zeros(chains, dim, **kw)
+
+    def update(self, x: Tensor) -> None:
+        x = x.double()
+        self.n += 1
+        delta = x - self.mean
+        self.mean = self.mean + delta / self.n
+        delta2 = x - self.mean
+        if self.dense:
+            self.m2 = self.m2 + delta.unsqueeze(-1) * delta2.unsqueeze(-2)
+        else:
+            self.m2 = self.m2 + delta * delta2
+
+    def regularized(self) -> Tensor:
+        """Stan's shrunk estimate ``n/(n+5) cov + 1e-3 * 5/(n+5) I``."""
+        n = self.n
+        cov = self.m2 / max(n - 1, 1)
+        shrunk = (n / (n + 5.0)) * cov
+        jitter = 1e-3 * 5.0 / (n + 5.0)
+        if self.dense:
+            eye = torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device)
+            return shrunk + jitter * eye
+        return shrunk + jitter
+
+
+def mass_windows(
+    warmup: int, init_buffer: int = 75, term_buffer: int = 50, base_window: int = 25
+) -> list[tuple[int, int]]:
+    """Stan's slow adaptation windows ``[(start, end), ...]`` (end exclusive) for ``warmup``.
+
+    Windows double in length; the last one stretches to ``warmup - term_buffer``. With fewer
+    than ``init_buffer + term_buffer + base_window`` warmup steps the buffers are 15% and 10%
+    of the warmup and one window fills the rest; under 20 steps there is no mass adaptation.
+    """
+    if warmup < 20:
+        return []
+    if warmup < init_buffer + term_buffer + base_window:
+        init_buffer = int(0.15 * warmup)
+        term_buffer = int(0.1 * warmup)
+        base_window = warmup - init_buffer - term_buffer
+    windows = []
+    start, size = init_buffer, base_window
+    end_slow = warmup - term_buffer
+    while start < end_slow:
+        end = start + size
+        if end + 2 * size > end_slow:  # the next window would not fit: stretch this one
+            end = end_slow
+        windows.append((start, end))
+        start, size = end, 2 * size
+    return windows
+
+
+def find_step_size(
+    state: IntegratorState,
+    step_size: Tensor,
+    metric: Metric,
+    potential: Potential,
+    rng: ChainRNG,
+    max_iterations: int = 100,
+) -> Tensor:
+    """Hoffman & Gelman's heuristic for a first step size, per chain.
+
+    From one momentum draw, take a single leapfrog step and double (or halve) the step size
+    while the acceptance probability stays above (or below) 1/2. Chains stop independently.
+    """
+    momentum = metric.sample_momentum(rng.normal(state.position.shape[-1]))
+    start = IntegratorState(state.position, momentum, state.log_density, state.grad)
+    energy0 = -state.log_density.double() + metric.kinetic_energy(momentum).double()
+
+    def log_accept(eps: Tensor) -> Tensor:
+        new = leapfrog(start, eps, metric, potential)
+        energy = -new.log_density.double() + metric.kinetic_energy(new.momentum).double()
+        return torch.nan_to_num(energy0 - energy, nan=-math.inf)
+
+    eps = step_size.clone().double()
+    first = log_accept(eps)
+    direction = torch.where(first > math.log(0.5), 1.0, -1.0).double()
+    active = torch.ones_like(direction, dtype=torch.bool)
+    for _ in range(max_iterations):
+        if not bool(active.any()):
+            break
+        candidate = torch.where(active, eps * 2.0**direction, eps)
+        log_a = log_accept(candidate.to(state.position.dtype))
+        eps = candidate
+        active = active & (direction * log_a > direction * math.log(0.5))
+    return eps.clamp(min=1e-10, max=1e3).to(state.position.dtype)

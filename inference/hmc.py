@@ -1,0 +1,320 @@
+"""Hamiltonian Monte Carlo backends: the shared settings and entry points, and static HMC.
+
+Two engines run the same declaration:
+
+* ``engine="bayesdl"`` (default): all chains advance together as one batch on
+  ``bnn.log_joint`` (:mod:`.trajectory`, :mod:`.adaptation`, :mod:`.mcmc`), on the device of the
+  BNN and data; ``sample(log_density, init_theta)`` runs it on any log density.
+* ``engine="pyro"``: Pyro's kernels on ``bnn.model``, one per chain, stepped in lockstep
+  (:mod:`.pyro_engine`).
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import pyro
+import torch
+from pyro.infer.autoguide.initialization import init_to_value
+from torch import Tensor
+
+from bayesdl._checks import check_count, check_positive, check_probability
+
+from .base import Backend, Callback
+from .mcmc import Transition, run_mcmc
+from .pyro_engine import run_pyro_mcmc
+from .trajectory import hmc_transition
+
+if TYPE_CHECKING:  # pragma: no cover
+    from bayesdl import Posterior
+    from bayesdl.models import BNN
+
+__all__ = ["HMC", "HamiltonianBackend"]
+
+_ENGINES = ("bayesdl", "pyro")
+_MASSES = ("diag", "dense")
+
+
+class HamiltonianBackend(Backend):
+    """Settings and entry points shared by :class:`HMC` and :class:`~.nuts.NUTS`."""
+
+    def __init__(
+        self,
+        chains: int,
+        warmup: int,
+        draws: int,
+        target_accept: float,
+        mass: str,
+        engine: str,
+        step_size: float | None,
+        jit: bool,
+    ) -> None:
+        self.chains = check_count("chains", chains)
+        self.warmup = check_count("warmup", warmup, minimum=0)
+        self.draws = check_count("draws", draws)
+        self.target_accept = check_probability("target_accept", target_accept)
+        if mass not in _MASSES:
+            raise ValueError(f"mass: must be one of {_MASSES}, got {mass!r}")
+        self.mass = mass
+        if engine not in _ENGINES:
+            raise ValueError(f"engine: must be one of {_ENGINES}, got {engine!r}")
+        self.engine = engine
+        self.step_size = None if step_size is None else check_positive("step_size", step_size)
+        self.jit = bool(jit)
+
+    @abstractmethod
+    def _transition(self) -> Transition:
+        """The bayesdl engine's transition for these settings."""
+
+    @abstractmethod
+    def _pyro_kernel(self, model: Callable[..., Any], init_values: dict[str, Tensor]) -> Any:
+        """One chain's Pyro kernel for these settings."""
+
+    def _attrs(self) -> dict[str, Any]:
+        return {"inference": self.name, "engine": self.engine, "mass": self.mass}
+
+    def fit(
+        self,
+        bnn: BNN,
+        x: Tensor,
+        y: Tensor,
+        *,
+        seed: int | Sequence[int] | None = None,
+        progress: bool = True,
+        callbacks: Sequence[Callback] = (),
+        init_theta: Tensor | None = None,
+        num_data: int | None = None,
+    ) -> Posterior:
+        """Sample the posterior of ``bnn`` given ``(x, y)``.
+
+        Parameters
+        ----------
+        bnn
+            The model.
+        x, y
+            Training inputs and targets (checked before any sampling).
+        seed
+            One seed, or one seed per chain; chain ``c`` depends only on its own seed.
+        progress
+            Show a progress bar.
+        callbacks
+            Called with a :class:`~bayesdl.inference.StepEvent` after every iteration.
+        init_theta
+            Initial unconstrained parameters ``(chains, D)``; default: draws from the prior.
+        num_data
+            Size of the full data set if ``(x, y)`` is a subsample (scales the likelihood).
+
+        Returns
+        -------
+        Posterior
+            ``(chains, draws, D)`` draws with ``sample_stats``; marked partial after Ctrl-C.
+        """
+        x, y = bnn.check_data(x, y)
+        init_theta = self._init(
+            init_theta, bnn.num_params, lambda: bnn.init_theta(self.chains, _base_seed(seed))
+        )
+        init_theta = init_theta.to(dtype=bnn.dtype, device=bnn.device)
+        desc = f"{self.name.upper()} ({self.engine}, {self.chains} chains)"
+        if self.engine == "pyro":
+            if seed is not None and not isinstance(seed, int):
+                raise ValueError("seed: the pyro engine takes one integer seed")
+            return run_pyro_mcmc(
+                self._pyro_kernel,
+                bnn,
+                x,
+                y,
+                init_theta,
+                warmup=self.warmup,
+                draws=self.draws,
+                num_data=num_data,
+                seed=seed,
+                progress=progress,
+                callbacks=callbacks,
+                desc=desc,
+                attrs=self._attrs(),
+            )
+        return run_mcmc(
+            self._transition(),
+            bnn.log_joint_fn(x, y, num_data),
+            init_theta,
+            warmup=self.warmup,
+            draws=self.draws,
+            target_accept=self.target_accept,
+            dense_mass=self.mass == "dense",
+            step_size=self.step_size,
+            seed=seed,
+            progress=progress,
+            callbacks=callbacks,
+            desc=desc,
+            bnn=bnn,
+            attrs=self._attrs(),
+        )
+
+    def sample(
+        self,
+        log_density: Callable[[Tensor], Tensor],
+        init_theta: Tensor,
+        *,
+        seed: int | Sequence[int] | None = None,
+        progress: bool = True,
+        callbacks: Sequence[Callback] = (),
+    ) -> Posterior:
+        """Sample any log density with the bayesdl engine (like Pyro's ``potential_fn``).
+
+        Parameters
+        ----------
+        log_density
+            ``theta (P, D) -> (P,)``, differentiable, on unconstrained ``theta``; rows are
+            independent chains.
+        init_theta
+            Initial values ``(chains, D)``.
+
+        Returns
+        -------
+        Posterior
+            With no BNN attached: ``theta`` ``(chains, draws, D)``, ``sample_stats``,
+            ``to_arviz()``; no ``predict``.
+        """
+        if self.engine != "bayesdl":
+            raise ValueError(
+                "engine: sample() runs on the bayesdl engine; Pyro's runs on bnn.model"
+            )
+        if not callable(log_density):
+            raise TypeError(f"log_density: expected a callable, got {type(log_density).__name__}")
+        if not isinstance(init_theta, Tensor) or init_theta.dim() != 2:
+            raise ValueError(
+                f"init_theta: expected a tensor of shape (chains, D), got "
+                f"{getattr(init_theta, 'shape', type(init_theta).__name__)}"
+            )
+        init_theta = self._init(init_theta, init_theta.shape[1], None)
+        if not init_theta.is_floating_point():
+            raise TypeError(f"init_theta: expected a floating tensor, got {init_theta.dtype}")
+        with torch.no_grad():
+            probe = log_density(init_theta)
+        if not isinstance(probe, Tensor) or tuple(probe.shape) != (init_theta.shape[0],):
+            raise ValueError(
+                f"log_density: must map theta (P, D) to shape (P,); got "
+                f"{getattr(probe, 'shape', type(probe).__name__)} for P={init_theta.shape[0]}"
+            )
+        return run_mcmc(
+            self._transition(),
+            log_density,
+            init_theta,
+            warmup=self.warmup,
+            draws=self.draws,
+            target_accept=self.target_accept,
+            dense_mass=self.mass == "dense",
+            step_size=self.step_size,
+            seed=seed,
+            progress=progress,
+            callbacks=callbacks,
+            desc=f"{self.name.upper()} ({self.chains} chains)",
+            attrs=self._attrs(),
+        )
+
+    def _init(
+        self, init_theta: Tensor | None, dim: int, default: Callable[[], Tensor] | None
+    ) -> Tensor:
+        if init_theta is None:
+            return default()
+        if not isinstance(init_theta, Tensor) or tuple(init_theta.shape) != (self.chains, dim):
+            raise ValueError(
+                f"init_theta: expected a tensor of shape ({self.chains}, {dim}), got "
+                f"{getattr(init_theta, 'shape', type(init_theta).__name__)}"
+            )
+        return init_theta
+
+
+def _base_seed(seed: int | Sequence[int] | None) -> int | None:
+    """The seed of the initial values: the seed itself, or the first per-chain seed."""
+    if seed is None or isinstance(seed, int):
+        return seed
+    return int(next(iter(seed)))
+
+
+class HMC(HamiltonianBackend):
+    """Hamiltonian Monte Carlo with a fixed trajectory (Neal 2011).
+
+    Each transition runs ``num_steps`` leapfrog steps, or ``ceil(trajectory_length /
+    step_size)`` with a trajectory length, and accepts the end point with probability
+    ``min(1, exp(H_0 - H_L))``. Warmup adapts the per-chain step size by dual averaging and the
+    mass matrix in Stan's windows, as :class:`~.nuts.NUTS` does.
+
+    Parameters
+    ----------
+    chains, warmup, draws
+        Number of chains, adaptation steps (discarded) and kept draws per chain.
+    num_steps
+        Leapfrog steps per transition (give this or ``trajectory_length``).
+    trajectory_length
+        Integration time per transition; the number of steps follows the adapted step size.
+    target_accept
+        Target acceptance probability of the step-size adaptation.
+    mass
+        ``"diag"`` or ``"dense"`` mass-matrix adaptation.
+    engine
+        ``"bayesdl"`` (vectorised chains) or ``"pyro"`` (Pyro's HMC kernel per chain).
+    step_size
+        Initial step size (default: Hoffman & Gelman's heuristic).
+    max_steps
+        Cap on the number of steps per transition when ``trajectory_length`` is given.
+    jit
+        Compile Pyro's potential (engine ``"pyro"`` only).
+    """
+
+    name = "hmc"
+
+    def __init__(
+        self,
+        chains: int = 4,
+        warmup: int = 1000,
+        draws: int = 1000,
+        num_steps: int | None = None,
+        trajectory_length: float | None = None,
+        target_accept: float = 0.8,
+        mass: str = "diag",
+        engine: str = "bayesdl",
+        step_size: float | None = None,
+        max_steps: int = 1024,
+        jit: bool = True,
+    ) -> None:
+        super().__init__(chains, warmup, draws, target_accept, mass, engine, step_size, jit)
+        if (num_steps is None) == (trajectory_length is None):
+            raise ValueError("num_steps, trajectory_length: give exactly one of them")
+        self.num_steps = None if num_steps is None else check_count("num_steps", num_steps)
+        self.trajectory_length = (
+            None
+            if trajectory_length is None
+            else check_positive("trajectory_length", trajectory_length)
+        )
+        self.max_steps = check_count("max_steps", max_steps)
+
+    def _transition(self) -> Transition:
+        def transition(state, step_size, metric, potential, rng):
+            if self.num_steps is not None:
+                steps = torch.full_like(step_size, self.num_steps, dtype=torch.long)
+            else:
+                steps = torch.ceil(self.trajectory_length / step_size).long()
+                steps = steps.clamp(1, self.max_steps)
+            return hmc_transition(state, step_size, metric, potential, rng, steps)
+
+        return transition
+
+    def _pyro_kernel(self, model: Callable[..., Any], init_values: dict[str, Tensor]) -> Any:
+        return pyro.infer.HMC(
+            model,
+            num_steps=self.num_steps,
+            trajectory_length=self.trajectory_length,
+            target_accept_prob=self.target_accept,
+            full_mass=self.mass == "dense",
+            jit_compile=self.jit,
+            ignore_jit_warnings=True,
+            init_strategy=init_to_value(values=init_values),
+            **({} if self.step_size is None else {"step_size": self.step_size}),
+        )
+
+    def _attrs(self) -> dict[str, Any]:
+        steps = self.num_steps if self.num_steps is not None else f"L={self.trajectory_length}"
+        return {**super()._attrs(), "num_steps": str(steps)}

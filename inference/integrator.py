@@ -1,0 +1,76 @@
+r"""The leapfrog (velocity Verlet) integrator, for all chains at once.
+
+One step of size :math:`\epsilon` (per chain, signed by the direction of integration):
+
+.. math::
+    p_{1/2} = p + \tfrac{\epsilon}{2}\nabla\log\pi(\theta), \quad
+    \theta' = \theta + \epsilon M^{-1} p_{1/2}, \quad
+    p' = p_{1/2} + \tfrac{\epsilon}{2}\nabla\log\pi(\theta').
+
+It is volume-preserving and reversible, so the Metropolis correction of HMC needs only the
+energy error :math:`H(\theta', p') - H(\theta, p)`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .metric import Metric
+
+__all__ = ["IntegratorState", "Potential", "leapfrog", "value_and_grad", "where"]
+
+#: ``theta (C, D) -> (log density (C,), gradient (C, D))``.
+Potential = Callable[[Tensor], tuple[Tensor, Tensor]]
+
+
+@dataclass(frozen=True)
+class IntegratorState:
+    """Position, momentum, log density and its gradient of every chain."""
+
+    position: Tensor
+    momentum: Tensor
+    log_density: Tensor
+    grad: Tensor
+
+
+def value_and_grad(log_density: Callable[[Tensor], Tensor]) -> Potential:
+    """Wrap ``theta (C, D) -> (C,)`` into a function returning the value and its gradient.
+
+    The gradient of the sum is the per-chain gradient, because chains are independent.
+    """
+
+    def potential(theta: Tensor) -> tuple[Tensor, Tensor]:
+        with torch.enable_grad():
+            theta = theta.detach().requires_grad_(True)
+            value = log_density(theta)
+            (grad,) = torch.autograd.grad(value.sum(), theta)
+        return value.detach(), grad
+
+    return potential
+
+
+def leapfrog(
+    state: IntegratorState, step_size: Tensor, metric: Metric, potential: Potential
+) -> IntegratorState:
+    """One leapfrog step for every chain; ``step_size`` ``(C,)`` may be negative (backwards)."""
+    eps = step_size.unsqueeze(-1).to(state.position.dtype)
+    momentum = state.momentum + 0.5 * eps * state.grad
+    position = state.position + eps * metric.velocity(momentum)
+    log_density, grad = potential(position)
+    momentum = momentum + 0.5 * eps * grad
+    return IntegratorState(position, momentum, log_density, grad)
+
+
+def where(mask: Tensor, new: IntegratorState, old: IntegratorState) -> IntegratorState:
+    """Per chain, ``new`` where ``mask`` ``(C,)`` is true, else ``old``."""
+    m = mask.unsqueeze(-1)
+    return IntegratorState(
+        torch.where(m, new.position, old.position),
+        torch.where(m, new.momentum, old.momentum),
+        torch.where(mask, new.log_density, old.log_density),
+        torch.where(m, new.grad, old.grad),
+    )

@@ -1,0 +1,253 @@
+r"""HMC and NUTS transitions for a batch of chains in lockstep.
+
+**NUTS** (Hoffman & Gelman 2014; the multinomial variant of Betancourt 2017, as in Stan).
+Each transition draws a momentum and doubles a trajectory in random directions. Leaf
+:math:`k` of the trajectory has weight :math:`w_k = e^{-H_k}`; the new state is drawn
+from the leaves with probability proportional to :math:`w_k`, by progressive sampling:
+uniform within each new subtree, and *biased* when a new subtree joins the tree
+(accept its proposal with probability :math:`\min(1, W_\text{new} / W_\text{old})`).
+Doubling stops when the trajectory makes a U-turn,
+
+.. math::
+    (M^{-1}p^-)\cdot\rho \le 0 \;\text{ or }\; (M^{-1}p^+)\cdot\rho \le 0,
+    \qquad \rho = \textstyle\sum_k p_k,
+
+checked for the whole tree and, inside every new subtree, for each of its aligned blocks of
+2, 4, ... leaves (which the recursive algorithm checks as its sub-subtrees); when the energy
+error exceeds a threshold (a divergence); or at the maximum depth. A subtree that turns or
+diverges is discarded.
+
+Subtrees are built iteratively, leaf by leaf, for all chains at once. Leaf ``n`` of a subtree
+closes the blocks ending at ``n``: as many as ``n`` has trailing one bits. Their left ends
+are the even leaves ``a = n - 2^m + 1``, and the momentum and running momentum sum of leaf
+``a`` are kept in checkpoint slot ``popcount(a)``: leaves whose blocks are still open never
+share a slot, so ``max_tree_depth`` slots suffice (the same bookkeeping as NumPyro's iterative
+NUTS). A chain that stops is masked: its state no longer changes while the others continue,
+and the transition ends when every chain has stopped.
+
+**HMC** runs a fixed number of leapfrog steps per chain (chains with fewer steps are
+masked) and accepts the end point with probability :math:`\min(1, e^{H_0 - H_L})`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .integrator import IntegratorState, Potential, leapfrog, where
+from .metric import Metric
+from .rng import ChainRNG
+
+__all__ = ["TransitionInfo", "hmc_transition", "nuts_transition"]
+
+
+@dataclass(frozen=True)
+class TransitionInfo:
+    """Per-chain statistics of one transition (all of shape ``(C,)``)."""
+
+    acceptance_rate: Tensor
+    n_steps: Tensor
+    tree_depth: Tensor
+    diverging: Tensor
+    energy: Tensor
+
+
+def _energy(state: IntegratorState, metric: Metric) -> Tensor:
+    return -state.log_density.double() + metric.kinetic_energy(state.momentum).double()
+
+
+def _is_turning(metric: Metric, p_start: Tensor, p_end: Tensor, rho: Tensor) -> Tensor:
+    """Generalised no-U-turn criterion (Betancourt 2017) for every chain."""
+    return ((metric.velocity(p_start) * rho).sum(-1) <= 0) | (
+        (metric.velocity(p_end) * rho).sum(-1) <= 0
+    )
+
+
+def nuts_transition(
+    state: IntegratorState,
+    step_size: Tensor,
+    metric: Metric,
+    potential: Potential,
+    rng: ChainRNG,
+    max_tree_depth: int = 10,
+    divergence_threshold: float = 1000.0,
+) -> tuple[IntegratorState, TransitionInfo]:
+    """One multinomial NUTS transition for every chain.
+
+    Parameters
+    ----------
+    state
+        Current position, log density and gradient of each chain (momentum is ignored).
+    step_size
+        ``(C,)`` step sizes.
+    metric
+        Per-chain mass matrices.
+    potential
+        ``theta -> (log density, gradient)``.
+    rng
+        Per-chain random streams; a transition takes, from each chain's stream, one momentum
+        and ``2 * max_tree_depth + 2**max_tree_depth`` uniforms (directions, merges, leaves).
+    max_tree_depth
+        Maximum number of doublings.
+    divergence_threshold
+        Energy error above which a trajectory is divergent.
+
+    Returns
+    -------
+    (IntegratorState, TransitionInfo)
+        The new state (momentum zero: it is resampled next time) and the statistics.
+
+    Notes
+    -----
+    A chain that has stopped keeps being integrated with step size zero, which leaves its
+    state unchanged without masking every tensor; its leaves are never used.
+    """
+    chains, dim = state.position.shape
+    device = state.position.device
+    momentum = metric.sample_momentum(rng.normal(dim))
+    uniforms = rng.uniform(2 * max_tree_depth + 2**max_tree_depth)
+    go_right = uniforms[:, :max_tree_depth] < 0.5
+    u_merge = uniforms[:, max_tree_depth : 2 * max_tree_depth]
+    u_leaf = uniforms[:, 2 * max_tree_depth :]
+
+    start = IntegratorState(state.position, momentum, state.log_density, state.grad)
+    energy0 = _energy(start, metric)
+    left = right = start
+    proposal = (state.position, state.log_density, state.grad, energy0)
+    log_weight_tree = torch.zeros(chains, dtype=torch.float64, device=device)
+    rho = momentum.clone()
+    done = torch.zeros(chains, dtype=torch.bool, device=device)
+    diverging = torch.zeros_like(done)
+    depth = torch.zeros(chains, dtype=torch.long, device=device)
+    n_steps = torch.zeros(chains, dtype=torch.long, device=device)
+    accept_sum = torch.zeros(chains, dtype=torch.float64, device=device)
+    leaf = 0  # column of the next leaf uniform
+
+    for j in range(max_tree_depth):
+        active = ~done
+        if not bool(active.any()):
+            break
+        depth = depth + active.long()
+        forward = go_right[:, j]
+        signed_step = torch.where(forward, step_size, -step_size)
+        edge = where(forward, right, left)
+
+        # ---- build a subtree of 2^j leaves from the edge, leaf by leaf
+        building = active.clone()
+        sub_log_weight = torch.full((chains,), -math.inf, dtype=torch.float64, device=device)
+        sub_proposal = proposal
+        sub_rho = torch.zeros_like(rho)
+        ckpt_v = momentum.new_zeros(max(j, 1), chains, dim)  # velocity at a block's left end
+        ckpt_rho = momentum.new_zeros(max(j, 1), chains, dim)  # momentum sum before it
+        for n in range(2**j):
+            zero = torch.zeros_like(signed_step)
+            edge = leapfrog(edge, torch.where(building, signed_step, zero), metric, potential)
+            velocity = metric.velocity(edge.momentum)
+            energy = -edge.log_density.double() + 0.5 * (edge.momentum * velocity).sum(-1).double()
+            delta = energy - energy0
+            finite = torch.isfinite(delta)
+            log_w = torch.where(finite, -delta, -math.inf)
+            accept = torch.where(building & finite, torch.exp(torch.clamp(-delta, max=0.0)), 0.0)
+            accept_sum = accept_sum + accept
+            n_steps = n_steps + building.long()
+            # progressive sampling within the subtree: leaf n replaces the proposal w.p. w_n / W
+            sub_log_weight_new = torch.logaddexp(sub_log_weight, log_w)
+            take = u_leaf[:, leaf] < torch.exp(log_w - sub_log_weight_new)
+            leaf += 1
+            sub_proposal = _select(
+                take, (edge.position, edge.log_density, edge.grad, energy), sub_proposal
+            )
+            sub_log_weight = sub_log_weight_new
+            turning = torch.zeros_like(building)
+            if n % 2 == 0:  # a block may start here: checkpoint slot popcount(n) < j
+                slot = bin(n).count("1")
+                ckpt_v[slot] = velocity
+                ckpt_rho[slot] = sub_rho
+            sub_rho = sub_rho + edge.momentum
+            if n % 2 == 1:  # close the blocks ending here, largest first
+                trailing_ones = (~n & (n + 1)).bit_length() - 1
+                top = bin(n >> 1).count("1")
+                for slot in range(top, top - trailing_ones, -1):
+                    block_rho = sub_rho - ckpt_rho[slot]
+                    turning = turning | ((ckpt_v[slot] * block_rho).sum(-1) <= 0)
+                    turning = turning | ((velocity * block_rho).sum(-1) <= 0)
+            div = ~(delta <= divergence_threshold)
+            diverging = diverging | (building & div)
+            building = building & ~(div | turning)
+            if not bool(building.any()):
+                break
+
+        # ---- join the subtree to the tree (chains whose subtree stopped early are done)
+        valid = building
+        done = done | (active & ~valid)
+        take = valid & (u_merge[:, j] < torch.exp(sub_log_weight - log_weight_tree))
+        proposal = _select(take, sub_proposal, proposal)
+        log_weight_tree = torch.where(
+            valid, torch.logaddexp(log_weight_tree, sub_log_weight), log_weight_tree
+        )
+        rho = torch.where(valid.unsqueeze(-1), rho + sub_rho, rho)
+        right = where(valid & forward, edge, right)
+        left = where(valid & ~forward, edge, left)
+        done = done | (valid & _is_turning(metric, left.momentum, right.momentum, rho))
+
+    position, log_density, grad, energy = proposal
+    info = TransitionInfo(
+        acceptance_rate=accept_sum / n_steps.clamp(min=1),
+        n_steps=n_steps,
+        tree_depth=depth,
+        diverging=diverging,
+        energy=energy,
+    )
+    return IntegratorState(position, torch.zeros_like(position), log_density, grad), info
+
+
+def _select(mask: Tensor, new: tuple[Tensor, ...], old: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    """Per chain, the tuple ``new`` where ``mask`` ``(C,)`` is true, else ``old``."""
+    return tuple(
+        torch.where(mask.reshape(-1, *([1] * (a.dim() - 1))), a, b)
+        for a, b in zip(new, old, strict=True)
+    )
+
+
+def hmc_transition(
+    state: IntegratorState,
+    step_size: Tensor,
+    metric: Metric,
+    potential: Potential,
+    rng: ChainRNG,
+    num_steps: Tensor,
+    divergence_threshold: float = 1000.0,
+) -> tuple[IntegratorState, TransitionInfo]:
+    """One HMC transition with ``num_steps`` ``(C,)`` leapfrog steps per chain.
+
+    Takes one momentum and one uniform from each chain's stream.
+    """
+    momentum = metric.sample_momentum(rng.normal(state.position.shape[-1]))
+    u = rng.uniform(1)[:, 0]
+    start = IntegratorState(state.position, momentum, state.log_density, state.grad)
+    energy0 = _energy(start, metric)
+    current = start
+    moving = num_steps > 0
+    diverging = torch.zeros_like(moving)
+    for k in range(int(num_steps.max())):
+        moving = moving & (k < num_steps)
+        # a chain that has finished (or diverged) takes steps of size zero: it stays put
+        current = leapfrog(current, torch.where(moving, step_size, 0.0), metric, potential)
+        div = moving & ~(_energy(current, metric) - energy0 <= divergence_threshold)
+        diverging = diverging | div
+        moving = moving & ~div
+    delta = _energy(current, metric) - energy0
+    accept = torch.where(torch.isfinite(delta), torch.exp(torch.clamp(-delta, max=0.0)), 0.0)
+    accepted = ~diverging & (u < accept)
+    new_state = where(accepted, current, start)
+    info = TransitionInfo(
+        acceptance_rate=torch.where(diverging, 0.0, accept),
+        n_steps=num_steps.clone(),
+        tree_depth=torch.zeros_like(num_steps),
+        diverging=diverging,
+        energy=_energy(new_state, metric),
+    )
+    return new_state, info

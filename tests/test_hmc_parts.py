@@ -1,0 +1,162 @@
+"""The pieces of the vectorised HMC engine: integrator, metric, adaptation, random streams."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from bayesdl.inference import HMC, NUTS
+from bayesdl.inference.adaptation import DualAveraging, Welford, find_step_size, mass_windows
+from bayesdl.inference.integrator import IntegratorState, leapfrog, value_and_grad
+from bayesdl.inference.metric import Metric
+from bayesdl.inference.rng import ChainRNG
+
+
+def _gaussian_potential(scales: torch.Tensor):
+    return value_and_grad(lambda theta: -0.5 * ((theta / scales) ** 2).sum(-1))
+
+
+def test_mass_windows_follow_stans_schedule():
+    # 1000 warmup: buffer 75, windows 25, 50, 100, 200, then the last stretches to 950
+    assert mass_windows(1000) == [(75, 100), (100, 150), (150, 250), (250, 450), (450, 950)]
+    # 150 = init + base + term buffers: Stan's normal layout, one window [75, 100)
+    assert mass_windows(150) == [(75, 100)]
+    # 100 < 150: buffers of 15% and 10%, one window filling the 75% between
+    assert mass_windows(100) == [(15, 90)]
+    assert mass_windows(10) == []
+
+
+def test_dual_averaging_finds_the_step_size_of_a_known_acceptance_curve():
+    # acceptance exp(-eps^2) per chain: the target 0.8 is met at eps* = sqrt(-log 0.8)
+    adapter = DualAveraging(torch.tensor([0.01, 5.0]), target=0.8)
+    eps = torch.tensor([0.01, 5.0], dtype=torch.float64)
+    for _ in range(2000):
+        eps = adapter.update(torch.exp(-(eps**2)))
+    torch.testing.assert_close(
+        adapter.final_step_size,
+        torch.full((2,), math.sqrt(-math.log(0.8)), dtype=torch.float64),
+        rtol=0.02,
+        atol=0,
+    )
+
+
+@pytest.mark.parametrize("dense", [False, True])
+def test_welford_matches_the_sample_covariance(dense):
+    x = torch.randn(50, 3, 4, dtype=torch.float64)
+    w = Welford(3, 4, dense, x)
+    for row in x:
+        w.update(row)
+    n = 50
+    for c in range(3):
+        cov = torch.cov(x[:, c].T)
+        shrunk = n / (n + 5) * cov + 1e-3 * 5 / (n + 5) * torch.eye(4, dtype=torch.float64)
+        expected = shrunk if dense else shrunk.diagonal()
+        torch.testing.assert_close(w.regularized()[c], expected)
+
+
+@pytest.mark.parametrize("dense", [False, True])
+def test_metric_momentum_has_covariance_m_and_kinetic_energy(dense):
+    a = torch.tensor([[2.0, 0.5], [0.5, 1.0]], dtype=torch.float64)
+    inverse_mass = a[None] if dense else a.diagonal()[None]
+    metric = Metric(inverse_mass)
+    z = torch.randn(200_000, 2, dtype=torch.float64)
+    metric_many = Metric(inverse_mass.expand(200_000, *inverse_mass.shape[1:]).contiguous())
+    p = metric_many.sample_momentum(z)
+    mass = torch.linalg.inv(a) if dense else torch.diag(1 / a.diagonal())
+    # each entry of a sample covariance of n draws has sd sqrt((S_ii S_jj + S_ij^2) / n)
+    se = torch.sqrt((torch.outer(mass.diagonal(), mass.diagonal()) + mass**2) / len(z))
+    assert bool((abs(torch.cov(p.T) - mass) < 5 * se).all())
+    v = metric.velocity(p[:1])
+    expected_v = (a @ p[0]) if dense else a.diagonal() * p[0]
+    torch.testing.assert_close(v[0], expected_v)
+    torch.testing.assert_close(metric.kinetic_energy(p[:1])[0], 0.5 * p[0] @ expected_v)
+
+
+def test_leapfrog_is_reversible_and_nearly_conserves_energy():
+    scales = torch.tensor([1.0, 3.0], dtype=torch.float64)
+    potential = _gaussian_potential(scales)
+    metric = Metric.identity(2, 2, False, scales)
+    q = torch.tensor([[0.3, -1.0], [1.0, 2.0]], dtype=torch.float64)
+    p = torch.tensor([[1.0, 0.5], [-0.2, 0.1]], dtype=torch.float64)
+    logp, grad = potential(q)
+    state = IntegratorState(q, p, logp, grad)
+    eps = torch.tensor([0.1, 0.05], dtype=torch.float64)
+    h0 = -logp + metric.kinetic_energy(p)
+    forward = state
+    for _ in range(20):
+        forward = leapfrog(forward, eps, metric, potential)
+    h1 = -forward.log_density + metric.kinetic_energy(forward.momentum)
+    assert bool((abs(h1 - h0) < 0.01).all())
+    back = IntegratorState(forward.position, -forward.momentum, forward.log_density, forward.grad)
+    for _ in range(20):
+        back = leapfrog(back, eps, metric, potential)
+    torch.testing.assert_close(back.position, q)
+    torch.testing.assert_close(-back.momentum, p)
+    # a chain with step size zero does not move
+    still = leapfrog(state, torch.tensor([0.0, 0.1], dtype=torch.float64), metric, potential)
+    torch.testing.assert_close(still.position[0], q[0])
+
+
+def test_find_step_size_scales_with_the_target():
+    scales = torch.tensor([[0.01], [1.0], [100.0]], dtype=torch.float64).expand(3, 2)
+    potential = value_and_grad(lambda theta: -0.5 * ((theta / scales) ** 2).sum(-1))
+    q = scales * 0.5
+    logp, grad = potential(q)
+    state = IntegratorState(q, torch.zeros_like(q), logp, grad)
+    metric = Metric.identity(3, 2, False, q)
+    rng = ChainRNG.from_seed(0, 3, dtype=torch.float64)
+    eps = find_step_size(state, torch.ones(3, dtype=torch.float64), metric, potential, rng)
+    ratio = eps / scales[:, 0]
+    assert bool(((ratio > 0.1) & (ratio < 10)).all()), eps
+
+
+def test_chain_rng_streams_are_per_chain():
+    a = ChainRNG.from_seed([5, 6, 7], 3, dtype=torch.float64)
+    b = ChainRNG.from_seed([6], 1, dtype=torch.float64)
+    torch.testing.assert_close(a.normal(4)[1], b.normal(4)[0])
+    torch.testing.assert_close(a.uniform(3)[1], b.uniform(3)[0])
+    with pytest.raises(ValueError, match="seed"):
+        ChainRNG.from_seed([1, 2], 3)
+    assert not torch.equal(
+        ChainRNG.from_seed(0, 2).normal(3)[0], ChainRNG.from_seed(1, 2).normal(3)[0]
+    )
+
+
+def test_sample_checks_its_arguments():
+    nuts = NUTS(chains=2, warmup=1, draws=1)
+    with pytest.raises(TypeError, match="log_density"):
+        nuts.sample("f", torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="init_theta"):
+        nuts.sample(lambda t: -t.pow(2).sum(-1), torch.zeros(3, 3))
+    with pytest.raises(ValueError, match="log_density"):
+        nuts.sample(lambda t: -t.pow(2).sum(), torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="init_theta"):
+        nuts.sample(lambda t: torch.log(t).sum(-1), -torch.ones(2, 3), progress=False)
+    with pytest.raises(ValueError, match="engine"):
+        NUTS(engine="pyro").sample(lambda t: -t.pow(2).sum(-1), torch.zeros(4, 2))
+    with pytest.raises(ValueError, match="num_steps"):
+        HMC(num_steps=5, trajectory_length=1.0)
+    with pytest.raises(ValueError, match="num_steps"):
+        HMC()
+
+
+def test_sample_returns_a_posterior_without_a_bnn():
+    post = NUTS(chains=2, warmup=20, draws=10).sample(
+        lambda t: -0.5 * t.pow(2).sum(-1), torch.zeros(2, 3), seed=0, progress=False
+    )
+    assert post.theta.shape == (2, 10, 3) and post.bnn is None
+    assert set(post.sample_stats) == {
+        "lp",
+        "acceptance_rate",
+        "step_size",
+        "tree_depth",
+        "n_steps",
+        "diverging",
+        "energy",
+    }
+    idata = post.to_arviz()
+    assert idata.sample_stats["tree_depth"].shape == (2, 10)
+    with pytest.raises(ValueError, match="no BNN"):
+        post.predict(torch.zeros(1, 3))
