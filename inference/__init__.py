@@ -7,11 +7,15 @@ find them.
 from .base import Backend, Callback, NonFiniteError, StepEvent
 from .hmc import HMC
 from .nuts import NUTS
+from .schedules import Constant, Cyclical
+from .sgmcmc import SGHMC, SGLD
 
 #: Every backend by name.
 BACKENDS: dict[str, type[Backend]] = {
     "hmc": HMC,
     "nuts": NUTS,
+    "sghmc": SGHMC,
+    "sgld": SGLD,
 }
 
 
@@ -23,4 +27,17 @@ def get(name: str) -> type[Backend]:
     return BACKENDS[key]
 
 
-__all__ = ["BACKENDS", "HMC", "NUTS", "Backend", "Callback", "NonFiniteError", "StepEvent", "get"]
+__all__ = [
+    "BACKENDS",
+    "HMC",
+    "NUTS",
+    "SGHMC",
+    "SGLD",
+    "Backend",
+    "Callback",
+    "Constant",
+    "Cyclical",
+    "NonFiniteError",
+    "StepEvent",
+    "get",
+]

@@ -118,6 +118,7 @@ def run_mcmc(
         return {
             "finite": bool(torch.isfinite(state.log_density).all()),
             "info": info,
+            "n_steps": info.n_steps,
             "postfix": {
                 "step": f"{float(used_eps.mean()):.2g}",
                 "accept": f"{float(info.acceptance_rate.mean()):.2f}",

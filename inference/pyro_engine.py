@@ -138,6 +138,7 @@ def run_pyro_mcmc(
             return {
                 "finite": all(math.isfinite(v) for v in lp),
                 "lp": lp,
+                "n_steps": [info["n_steps"] for info in infos],
                 "postfix": {
                     "step": f"{sum(i['step_size'] for i in infos) / num_chains:.2g}",
                     "accept": f"{sum(c.kernel._mean_accept_prob for c in chains) / num_chains:.2f}",

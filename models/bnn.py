@@ -52,6 +52,7 @@ class _Weight:
     name: str
     module: str
     prior: Prior
+    hierarchical: bool
 
 
 class BNN:
@@ -115,8 +116,8 @@ class BNN:
             if chosen is None:
                 fixed.append(name)
                 continue
-            weights.append(_Weight(name, owner, chosen))
             latents = chosen.latent_sites(name, param, modules[owner])
+            weights.append(_Weight(name, owner, chosen, bool(latents)))
             for site, d in latents.items():
                 specs.append(_latent_spec(site, d, f"the prior of {name!r}"))
             # Build the distribution once now, so a prior that cannot serve this parameter
@@ -132,8 +133,15 @@ class BNN:
             )
         self._weights = tuple(weights)
         self._fixed_names = tuple(fixed)
+        self._buffer_names = tuple(n for n, _ in net.named_buffers())
         self.layout = FlatLayout(specs)
         self._out_features: dict[tuple[int, ...], int] = {}
+        self._priors: dict[tuple, dist.Distribution] = {}  # priors without latents, built once
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_priors"] = {}
+        return state
 
     # ------------------------------------------------------------------ structure
     @property
@@ -158,8 +166,9 @@ class BNN:
         return self.layout.unravel(theta, constrained=constrained)
 
     def _fixed(self) -> dict[str, Tensor]:
+        """Parameters kept fixed and buffers: the network's tensors that are not sample sites."""
         fixed = {n: self.net.get_parameter(n).data for n in self._fixed_names}
-        fixed.update(dict(self.net.named_buffers()))
+        fixed.update({n: self.net.get_buffer(n) for n in self._buffer_names})
         return fixed
 
     def _walk(
@@ -175,6 +184,9 @@ class BNN:
         values: dict[str, Tensor] = {}
         for w in self._weights:
             param = self.net.get_parameter(w.name).data
+            if not w.hierarchical:
+                values[w.name] = visit(w.name, self._fixed_prior(w, param), param.shape)
+                continue
             module = self.net.get_submodule(w.module)
             latents = w.prior.latent_sites(w.name, param, module)
             for site, d in latents.items():
@@ -184,6 +196,19 @@ class BNN:
         for site, d in self.likelihood.latent_sites().items():
             values[site] = visit(site, d, d.event_shape)
         return values
+
+    def _fixed_prior(self, w: _Weight, param: Tensor) -> dist.Distribution:
+        """The prior of a parameter without latents, built once per dtype and device.
+
+        Priors are settings, so the distribution never changes; it is built without argument
+        validation (the values it scores come from samplers, not from users).
+        """
+        key = (w.name, param.dtype, param.device)
+        if key not in self._priors:
+            with pyro.validation_enabled(False):
+                module = self.net.get_submodule(w.module)
+                self._priors[key] = w.prior.distribution(w.name, param, module, {})
+        return self._priors[key]
 
     def _likelihood_latents(self, values: Mapping[str, Tensor]) -> dict[str, Tensor]:
         return {s: values[s] for s in self.likelihood.latent_sites()}
@@ -350,15 +375,26 @@ class BNN:
             return self.likelihood.log_prob(f, y, self._likelihood_latents(values)).sum(-1) * scale
 
     def log_joint_fn(
-        self, x: Tensor, y: Tensor, num_data: int | None = None
+        self, x: Tensor, y: Tensor, num_data: int | None = None, *, validate: bool = True
     ) -> Callable[[Tensor], Tensor]:
         """Check the data once and return ``theta (P, D) -> log_joint (P,)`` for samplers.
 
         The returned function skips the data checks of :meth:`log_joint`, for use in an inner
         loop; it is differentiable in ``theta`` and never raises on non-finite ``theta`` (the
         result is then non-finite, which samplers treat as a rejection).
+
+        Parameters
+        ----------
+        x, y
+            Data, or a minibatch of it.
+        num_data
+            Size of the full data set (the minibatch likelihood is scaled by ``num_data/len(x)``).
+        validate
+            Check ``x`` and ``y``; stochastic backends pass minibatches of data they checked
+            once (``check_data``) with ``validate=False``.
         """
-        x, y = self.check_data(x, y)
+        if validate:
+            x, y = self.check_data(x, y)
         lik_scale = self._num_data(num_data, x.shape[0]) / x.shape[0]
         temperature = self.temperature
         posterior_tempering = self.tempering == "posterior"
