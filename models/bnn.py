@@ -33,6 +33,7 @@ import pyro.distributions as dist
 import torch
 from pyro import poutine
 from torch import Tensor, nn
+from torch.distributions import biject_to
 
 from bayesdl._checks import as_tensor, check_count, check_finite, check_positive
 from bayesdl._seeding import child_seeds, seeded
@@ -122,7 +123,10 @@ class BNN:
                 specs.append(_latent_spec(site, d, f"the prior of {name!r}"))
             # Build the distribution once now, so a prior that cannot serve this parameter
             # (a conv prior on a Linear weight, say) fails here rather than mid-sampling.
-            example = {site: d.sample() for site, d in latents.items()}
+            example = {
+                site: biject_to(d.support)(param.new_zeros(d.event_shape))
+                for site, d in latents.items()
+            }
             chosen.distribution(name, param, modules[owner], example)
             specs.append(SiteSpec(name, param.shape))
         for site, d in likelihood.latent_sites().items():

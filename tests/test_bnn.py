@@ -234,3 +234,10 @@ def test_theta_shape_is_checked():
         bnn.log_joint(torch.zeros(bnn.num_params), x, y)
     with pytest.raises(ValueError, match="theta"):
         bnn.forward(torch.zeros(2, bnn.num_params + 1), x)
+
+
+def test_building_a_bnn_does_not_touch_the_global_rng():
+    net = MLP(3, [4], 1)  # initialising a module draws from the global RNG; the BNN must not
+    state = torch.get_rng_state()
+    BNN(net, priors.Horseshoe(), likelihoods.Gaussian(dist.HalfNormal(1.0)))
+    assert torch.equal(torch.get_rng_state(), state)
