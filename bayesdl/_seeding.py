@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["child_seeds", "seeded"]
+__all__ = ["PrivateStream", "child_seeds", "seeded"]
 
 
 def child_seeds(seed: int | None, n: int, stream: int = 0) -> list[int]:
@@ -37,3 +38,34 @@ def seeded(seed: int) -> Iterator[None]:
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         yield
+
+
+class PrivateStream:
+    """A private random stream for code that draws from torch's global generator.
+
+    ``Distribution.sample`` takes no generator. ``with stream:`` swaps this stream's state into
+    the global generator (CPU, and ``device`` if it is a CUDA device) and back out after, so
+    successive blocks continue one seeded stream and the caller's random state is untouched;
+    cheaper per use than re-seeding with :func:`seeded` at every step.
+    """
+
+    def __init__(self, seed: int, device: torch.device | str = "cpu") -> None:
+        device = torch.device(device)
+        self.devices = [device.index or 0] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=self.devices):
+            torch.manual_seed(seed)
+            self.cpu = torch.get_rng_state()
+            self.cuda = [torch.cuda.get_rng_state(d) for d in self.devices]
+        self._fork: Any = None
+
+    def __enter__(self) -> None:
+        self._fork = torch.random.fork_rng(devices=self.devices)
+        self._fork.__enter__()
+        torch.set_rng_state(self.cpu)
+        for d, state in zip(self.devices, self.cuda, strict=True):
+            torch.cuda.set_rng_state(state, d)
+
+    def __exit__(self, *exc: object) -> None:
+        self.cpu = torch.get_rng_state()
+        self.cuda = [torch.cuda.get_rng_state(d) for d in self.devices]
+        self._fork.__exit__(*exc)

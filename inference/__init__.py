@@ -9,6 +9,7 @@ from .hmc import HMC
 from .nuts import NUTS
 from .schedules import Constant, Cyclical
 from .sgmcmc import SGHMC, SGLD
+from .svgd import SVGD
 
 #: Every backend by name.
 BACKENDS: dict[str, type[Backend]] = {
@@ -16,6 +17,7 @@ BACKENDS: dict[str, type[Backend]] = {
     "nuts": NUTS,
     "sghmc": SGHMC,
     "sgld": SGLD,
+    "svgd": SVGD,
 }
 
 
@@ -33,6 +35,7 @@ __all__ = [
     "NUTS",
     "SGHMC",
     "SGLD",
+    "SVGD",
     "Backend",
     "Callback",
     "Constant",

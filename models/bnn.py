@@ -444,6 +444,24 @@ class BNN:
         values = self._walk(lambda name, d, shape: _to_shape(d, shape).sample())
         return self.ravel(values).to(device=self.device, dtype=self.dtype)
 
+    def sample_prior(self, P: int) -> Tensor:
+        """``P`` draws of ``theta`` from the prior in one vectorised pass, ``(P, D)``.
+
+        Every site is sampled once with a leading batch dimension (hierarchical latents first,
+        passed batched to their parameters' priors), from torch's global generator: wrap the
+        call in :func:`bayesdl._seeding.seeded` or a :class:`~bayesdl._seeding.PrivateStream`
+        to seed it. Same distribution as :meth:`init_theta`, which seeds each draw on its own
+        and is the one to use for initial values; this one is for backends that need many prior
+        draws at every step (SSGE's functional prior scores).
+        """
+        P = check_count("P", P)
+
+        def draw(name: str, d: dist.Distribution, shape: torch.Size) -> Tensor:
+            batch = (P, *shape[: len(shape) - len(d.event_shape)])
+            return d.expand(torch.broadcast_shapes(tuple(d.batch_shape), batch)).sample()
+
+        return self.ravel(self._walk(draw)).to(device=self.device, dtype=self.dtype)
+
     def __repr__(self) -> str:
         return (
             f"BNN(net={type(self.net).__name__}, D={self.num_params}, prior={self.prior!r}, "

@@ -30,6 +30,19 @@ def shared_data() -> pathlib.Path:
     return path
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _torch_threads():
+    """Run the suite single-threaded (``BAYESDL_TEST_THREADS`` to change it).
+
+    The tests use small tensors, for which OpenMP threads only add synchronisation; on a loaded
+    machine they slowed small operations a hundredfold.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(int(os.environ.get("BAYESDL_TEST_THREADS", "1")))
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _float64_default():
     """Tests run in float32 unless they ask otherwise; restore torch's default dtype after."""

@@ -8,6 +8,7 @@ import numpy as np
 import pyro
 import pyro.distributions as dist
 import pytest
+import scipy.stats
 import torch
 
 from bayesdl import likelihoods, priors
@@ -241,3 +242,27 @@ def test_building_a_bnn_does_not_touch_the_global_rng():
     state = torch.get_rng_state()
     BNN(net, priors.Horseshoe(), likelihoods.Gaussian(dist.HalfNormal(1.0)))
     assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_sample_prior_follows_the_prior(seed):
+    bnn = BNN(MLP(3, [6], 1).double(), priors.Gaussian(0.7), likelihoods.Gaussian(1.0))
+    torch.manual_seed(seed)
+    draws = bnn.sample_prior(2000)
+    assert draws.shape == (2000, bnn.num_params)
+    n = draws.numel()
+    assert abs(float(draws.mean())) < 4 * 0.7 / math.sqrt(n)
+    # Var of the pooled variance estimate of a Gaussian: 2 sigma^4 / n.
+    assert abs(float(draws.var()) - 0.49) < 4 * 0.49 * math.sqrt(2 / n)
+
+
+def test_sample_prior_matches_init_theta_for_hierarchical_priors(seed):
+    """Two-sample KS tests between BNN.sample_prior and BNN.init_theta on the scale latents and a
+    weight (false-alarm rate 1e-3 per comparison)."""
+    bnn = BNN(MLP(2, [4], 1).double(), priors.InverseGammaScale(2.0, 2.0), likelihoods.Gaussian())
+    torch.manual_seed(seed)
+    vectorised = bnn.unravel(bnn.sample_prior(400))
+    reference = bnn.unravel(bnn.init_theta(400, seed))
+    for site in ("layers.0.weight.scale", "layers.1.weight.scale"):
+        assert scipy.stats.ks_2samp(vectorised[site], reference[site]).pvalue > 1e-3
+    w = "layers.0.weight"
+    assert scipy.stats.ks_2samp(vectorised[w][:, 0, 0], reference[w][:, 0, 0]).pvalue > 1e-3

@@ -57,6 +57,8 @@ def test_readme_snippet_runs_as_written(tmp_path, shared_data):
 #: Files each tutorial must write (beyond metrics.json and at least one plot).
 EXPECTED_OUTPUTS = {
     "01_quickstart.py": {"posterior.nc", "predictive_bands.png", "function_trace.png"},
+    "02_hmc.py": {"nuts_function_trace.png", "predictions.png", "cold_posterior.png"},
+    "03_svgd.py": {"snelson_functions.png", "fmnist_metrics.png", "fmnist_entropy.png"},
 }
 
 

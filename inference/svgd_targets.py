@@ -1,0 +1,183 @@
+"""Where the SVGD updates get their scores: a bare log density, or a BNN and its data.
+
+A target hands the backend the weight-space score of the tempered posterior at the particles
+(:meth:`weight_score`), and for function-space kernels the particles' outputs at the
+measurement set (:meth:`functions`), the function-space score there (likelihood plus the
+functional prior's score, estimated with SSGE from prior draws or given exactly), and the
+vector-Jacobian product that pulls a function-space direction back to the weights
+(:func:`_pull_back`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from bayesdl._seeding import PrivateStream
+from bayesdl.models import BNN
+
+from .base import Minibatches
+from .ssge import ssge_score
+
+__all__ = ["MeasurementLike", "PriorScore"]
+
+MeasurementLike = Tensor | Callable[[torch.Generator], Tensor] | None
+PriorScore = Callable[[Tensor, Tensor], Tensor]
+
+
+@dataclass
+class _Functions:
+    """The particles' outputs at the measurement set, with what the updates need."""
+
+    theta: Tensor  # leaf (P, D) the outputs depend on
+    f: Tensor  # (P, N_M, C) with graph
+    flat: Tensor  # (P, N_M * C) detached
+    x: Tensor  # measurement inputs (N_M, ...)
+    batch_size: int  # the first batch_size rows of x are the minibatch
+
+
+class _Density:
+    """A bare log density ``(P, D) -> (P,)``: weight space only."""
+
+    def __init__(self, log_density: Callable[[Tensor], Tensor]) -> None:
+        self.log_density = log_density
+
+    def next_batch(self) -> None:
+        return None
+
+    def weight_score(self, theta: Tensor, batch: Any) -> tuple[Tensor, Tensor]:
+        with torch.enable_grad():
+            leaf = theta.detach().requires_grad_(True)
+            lp = self.log_density(leaf)
+            if not isinstance(lp, Tensor) or tuple(lp.shape) != (theta.shape[0],):
+                raise ValueError(
+                    f"log_density: must return a tensor of shape ({theta.shape[0]},), got "
+                    f"{getattr(lp, 'shape', type(lp).__name__)}"
+                )
+            (score,) = torch.autograd.grad(lp.sum(), leaf)
+        return score, lp.detach()
+
+    def log_joint(self, theta: Tensor, batch: Any) -> Tensor:
+        with torch.no_grad():
+            return self.log_density(theta)
+
+
+class _BNNTarget:
+    """A BNN and its data: minibatches, weight- and function-space scores, prior functions."""
+
+    def __init__(
+        self,
+        bnn: BNN,
+        x: Tensor,
+        y: Tensor,
+        *,
+        num_data: int,
+        batch_size: int | None,
+        measurement: MeasurementLike,
+        measurement_size: int | None,
+        prior_score: str | PriorScore,
+        prior_draws: int,
+        ssge_eta: float,
+        ssge_threshold: float | None,
+        seeds: Sequence[int],
+    ) -> None:
+        self.bnn = bnn
+        self.num_data = num_data
+        self.batches = Minibatches(x, y, batch_size, seeds[0])
+        self.full_joint = bnn.log_joint_fn(x, y, num_data) if self.batches.full_batch else None
+        self.measurement = measurement
+        self.measurement_size = measurement_size
+        self.prior_score = prior_score
+        self.prior_draws = prior_draws
+        self.ssge_eta = ssge_eta
+        self.ssge_threshold = ssge_threshold
+        self.generator = torch.Generator().manual_seed(seeds[1])
+        self.prior_stream = PrivateStream(seeds[2], bnn.device)
+        temperature = bnn.temperature
+        self.lik_factor = 1.0 / temperature
+        self.prior_factor = 1.0 / temperature if bnn.tempering == "posterior" else 1.0
+
+    def next_batch(self) -> tuple[Tensor, Tensor]:
+        return next(self.batches)
+
+    def _joint(self, batch: tuple[Tensor, Tensor]) -> Callable[[Tensor], Tensor]:
+        if self.full_joint is not None:
+            return self.full_joint
+        return self.bnn.log_joint_fn(batch[0], batch[1], self.num_data, validate=False)
+
+    def weight_score(self, theta: Tensor, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        log_joint = self._joint(batch)
+        with torch.enable_grad():
+            leaf = theta.detach().requires_grad_(True)
+            lp = log_joint(leaf)
+            (score,) = torch.autograd.grad(lp.sum(), leaf)
+        return score, lp.detach()
+
+    def log_joint(self, theta: Tensor, batch: tuple[Tensor, Tensor]) -> Tensor:
+        with torch.no_grad():
+            return self._joint(batch)(theta)
+
+    # -------------------------------------------------------------- function space
+    def _extra_inputs(self) -> Tensor | None:
+        if self.measurement is None:
+            return None
+        if isinstance(self.measurement, Tensor):
+            pool = self.measurement
+            if self.measurement_size is None or self.measurement_size >= len(pool):
+                return pool
+            index = torch.randperm(len(pool), generator=self.generator)[: self.measurement_size]
+            return pool[index.to(pool.device)]
+        extra = self.measurement(self.generator)
+        x = self.batches.x
+        if not isinstance(extra, Tensor) or tuple(extra.shape[1:]) != tuple(x.shape[1:]):
+            raise ValueError(
+                f"measurement: the callable must return inputs of shape (n, "
+                f"{', '.join(map(str, x.shape[1:]))}), got {getattr(extra, 'shape', extra)}"
+            )
+        return extra.to(dtype=x.dtype, device=x.device)
+
+    def functions(self, theta: Tensor, batch: tuple[Tensor, Tensor]) -> _Functions:
+        xb = batch[0]
+        extra = self._extra_inputs()
+        x = xb if extra is None else torch.cat([xb, extra])
+        with torch.enable_grad():
+            leaf = theta.detach().requires_grad_(True)
+            f = self.bnn.forward(leaf, x)
+        return _Functions(leaf, f, f.detach().flatten(1), x, xb.shape[0])
+
+    def function_score(self, fun: _Functions, batch: tuple[Tensor, Tensor]) -> Tensor:
+        """Tempered function-space posterior score at the particles, ``(P, N_M * C)``."""
+        yb = batch[1]
+        with torch.enable_grad():
+            fb = fun.f.detach()[:, : fun.batch_size].requires_grad_(True)
+            lik = self.bnn.likelihood.log_prob(fb, yb, {}).sum()
+            (lik_score,) = torch.autograd.grad(lik, fb)
+        scale = self.num_data / fun.batch_size * self.lik_factor
+        score = torch.zeros_like(fun.f)
+        score[:, : fun.batch_size] = lik_score * scale
+        return score.flatten(1) + self.prior_factor * self._prior_score(fun)
+
+    def _prior_score(self, fun: _Functions) -> Tensor:
+        if callable(self.prior_score):
+            score = self.prior_score(fun.f.detach(), fun.x)
+            if not isinstance(score, Tensor) or score.shape != fun.f.shape:
+                raise ValueError(
+                    f"prior_score: must return a tensor of shape {tuple(fun.f.shape)}, got "
+                    f"{getattr(score, 'shape', type(score).__name__)}"
+                )
+            return score.flatten(1)
+        with self.prior_stream, torch.no_grad():
+            draws = self.bnn.sample_prior(self.prior_draws)
+        with torch.no_grad():
+            prior_f = self.bnn.forward(draws, fun.x).flatten(1)
+        return ssge_score(prior_f, fun.flat, eta=self.ssge_eta, threshold=self.ssge_threshold)
+
+
+def _pull_back(fun: _Functions, phi_f: Tensor) -> Tensor:
+    r"""``J_i^T phi_f[i]`` for every particle: one vector-Jacobian product, ``(P, D)``."""
+    (phi,) = torch.autograd.grad(fun.f, fun.theta, grad_outputs=phi_f.reshape(fun.f.shape))
+    return phi

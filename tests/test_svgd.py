@@ -1,0 +1,390 @@
+"""SVGD backend: arguments, the driver contract, the update's pieces, and every variant running.
+
+The statistical checks (recovering known posteriors) are in
+``tests/statistical/test_svgd_statistical.py``.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+import torch
+from statistical.blr import linear_regression
+
+from bayesdl import Posterior, likelihoods, priors
+from bayesdl.inference.base import NonFiniteError
+from bayesdl.inference.kernels import IMQ, RBF, Hybrid
+from bayesdl.inference.ssge import GaussianProcessScore
+from bayesdl.inference.svgd import SVGD, annealing, uniform_domain
+from bayesdl.models import BNN, MLP
+
+DTYPE = torch.float64
+
+
+def classifier(seed: int = 0, n: int = 40):
+    """A 4-8-3 MLP classifier on random data, in float64."""
+    torch.manual_seed(seed)
+    bnn = BNN(MLP(4, [8], 3).to(DTYPE), priors.Gaussian(1.0), likelihoods.Categorical())
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 4, generator=gen, dtype=DTYPE)
+    y = torch.randint(0, 3, (n,), generator=gen)
+    return bnn, x, y
+
+
+def regression_1d(seed: int = 0, n: int = 30):
+    """A 1-16-1 tanh MLP and a sine with a gap in the inputs."""
+    torch.manual_seed(seed)
+    bnn = BNN(
+        MLP(1, [16], 1, activation="tanh").to(DTYPE),
+        priors.Gaussian(1.0),
+        likelihoods.Gaussian(0.1),
+    )
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.cat([torch.rand(n // 2, 1) * 1.5 - 2, torch.rand(n - n // 2, 1) * 1.5 + 0.5])
+    x = x.to(DTYPE)
+    y = torch.sin(2 * x[:, 0]) + 0.1 * torch.randn(n, generator=gen, dtype=DTYPE)
+    return bnn, x, y
+
+
+def gaussian_log_density(theta: torch.Tensor) -> torch.Tensor:
+    return -0.5 * (theta**2).sum(-1)
+
+
+# ------------------------------------------------------------------------------ arguments
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"particles": 0}, "particles"),
+        ({"kernel": "rbf"}, "kernel"),
+        ({"steps": 0}, "steps"),
+        ({"optimizer": "adam"}, "optimizer"),
+        ({"lr": 0.0}, "lr"),
+        ({"optimizer_kwargs": [0.9]}, "optimizer_kwargs"),
+        ({"optimizer_kwargs": {"lr": 0.1}}, "optimizer_kwargs"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"stochastic": "yes"}, "stochastic"),
+        ({"stochastic": True}, "stochastic"),  # Adam
+        (
+            {
+                "stochastic": True,
+                "optimizer": torch.optim.SGD,
+                "optimizer_kwargs": {"momentum": 0.9},
+            },
+            "stochastic",
+        ),
+        ({"update": "wgd"}, "update"),
+        ({"update": "wgd-kde", "kernel": None}, "update"),
+        ({"update": "wgd-kde", "kernel": "hybrid"}, "update"),
+        (
+            {"update": "wgd-sge", "stochastic": True, "optimizer": torch.optim.SGD},
+            "stochastic",
+        ),
+        ({"measurement": torch.zeros(3, 4)}, "measurement"),  # weight kernel
+        ({"kernel": "function", "measurement": "grid"}, "measurement"),
+        ({"kernel": "function", "measurement_size": 3}, "measurement_size"),
+        ({"anneal": "cosine"}, "anneal"),
+        ({"anneal": "linear", "anneal_steps": 0}, "anneal_steps"),
+        ({"prior_score": "gp"}, "prior_score"),
+        ({"prior_draws": 1}, "prior_draws"),
+        ({"ssge_eta": 0.0}, "ssge_eta"),
+        ({"ssge_threshold": 1.5}, "ssge_threshold"),
+    ],
+)
+def test_bad_settings_raise_naming_the_argument(kwargs, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        SVGD(**kwargs)
+
+
+def test_fit_checks_its_arguments_before_any_work():
+    bnn, x, y = classifier()
+    svgd = SVGD(particles=3, steps=2)
+    with pytest.raises(TypeError, match="bnn"):
+        svgd.fit("a network", x, y)
+    bad = x.clone()
+    bad[0, 0] = math.nan
+    with pytest.raises(ValueError, match="x"):
+        svgd.fit(bnn, bad, y)
+    with pytest.raises(ValueError, match="init_theta"):
+        svgd.fit(bnn, x, y, init_theta=torch.zeros(4, bnn.num_params, dtype=DTYPE))
+    with pytest.raises(ValueError, match="num_data"):
+        svgd.fit(bnn, x, y, num_data=10)
+    noisy = BNN(
+        MLP(4, [8], 1).to(DTYPE),
+        priors.Gaussian(1.0),
+        likelihoods.Gaussian(torch.distributions.HalfNormal(torch.tensor(1.0, dtype=DTYPE))),
+    )
+    with pytest.raises(ValueError, match="kernel"):
+        SVGD(particles=3, kernel="function").fit(noisy, x, y[:, None].to(DTYPE))
+    # A hybrid kernel updates the noise scale through its weight-space score.
+    post = SVGD(particles=3, kernel="hybrid", steps=2).fit(
+        noisy, x, y.to(DTYPE), seed=0, progress=False
+    )
+    assert torch.isfinite(post.theta).all()
+
+
+def test_sample_checks_its_arguments():
+    init = torch.zeros(3, 2)
+    with pytest.raises(TypeError, match="log_density"):
+        SVGD(particles=3).sample("density", init)
+    with pytest.raises(ValueError, match="kernel"):
+        SVGD(particles=3, kernel="function").sample(gaussian_log_density, init)
+    with pytest.raises(ValueError, match="batch_size"):
+        SVGD(particles=3, batch_size=2).sample(gaussian_log_density, init)
+    with pytest.raises(ValueError, match="init_theta"):
+        SVGD(particles=3).sample(gaussian_log_density, torch.zeros(3))
+    with pytest.raises(ValueError, match="init_theta"):
+        SVGD(particles=4).sample(gaussian_log_density, init)
+    with pytest.raises(TypeError, match="init_theta"):
+        SVGD(particles=3).sample(gaussian_log_density, torch.zeros(3, 2, dtype=torch.long))
+    with pytest.raises(ValueError, match="log_density"):
+        SVGD(particles=3, steps=1).sample(lambda t: t.sum(), init, progress=False)
+
+
+# ------------------------------------------------------------------------------ the result
+def test_result_is_one_chain_of_particles(seed):
+    bnn, x, y = classifier(seed)
+    post = SVGD(particles=5, kernel="weight", steps=3).fit(bnn, x, y, seed=seed, progress=False)
+    assert isinstance(post, Posterior)
+    assert post.kind == "particles" and not post.partial
+    assert post.theta.shape == (1, 5, bnn.num_params)
+    assert post.sample_stats["lp"].shape == (1, 5)
+    assert post.attrs["inference"] == "svgd" and post.attrs["steps"] == 3
+    idata = post.to_arviz()
+    attrs = idata.posterior.attrs
+    assert attrs["draws_are"] == "particles" and attrs["rhat_applies"] == 0
+    assert idata.posterior.sizes["chain"] == 1 and idata.posterior.sizes["draw"] == 5
+    assert post.predict(x).mean.shape == (len(x), 3)
+
+
+def test_same_seed_same_particles_and_global_rng_untouched(seed):
+    bnn, x, y = classifier(seed)
+    svgd = SVGD(particles=4, kernel="function", steps=3, batch_size=10)
+    state = torch.get_rng_state()
+    a = svgd.fit(bnn, x, y, seed=seed, progress=False).theta
+    assert torch.equal(torch.get_rng_state(), state)
+    b = svgd.fit(bnn, x, y, seed=seed, progress=False).theta
+    c = svgd.fit(bnn, x, y, seed=seed + 1, progress=False).theta
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+def test_interrupt_returns_the_particles_so_far_marked_partial(seed):
+    bnn, x, y = classifier(seed)
+    svgd = SVGD(particles=4, kernel="hybrid", steps=10)
+
+    def interrupt(event):
+        if event.step == 2:
+            raise KeyboardInterrupt
+
+    with pytest.warns(RuntimeWarning, match="interrupted"):
+        post = svgd.fit(bnn, x, y, seed=seed, progress=False, callbacks=[interrupt])
+    assert post.partial and post.attrs["stopped"] == "interrupted"
+    three_steps = SVGD(particles=4, kernel="hybrid", steps=3).fit(
+        bnn, x, y, seed=seed, progress=False
+    )
+    assert torch.equal(post.theta, three_steps.theta)
+
+
+def test_non_finite_values_raise_with_the_last_finite_particles():
+    calls = {"n": 0}
+
+    def flaky(theta):
+        calls["n"] += 1
+        value = gaussian_log_density(theta)
+        return value * math.nan if calls["n"] > 2 else value
+
+    init = torch.linspace(-1, 1, 6).reshape(3, 2)
+    with pytest.raises(NonFiniteError, match="non-finite") as error:
+        SVGD(particles=3, steps=10).sample(flaky, init, progress=False)
+    partial = error.value.posterior
+    assert partial.partial and partial.attrs["stopped"] == "non-finite"
+    two_steps = SVGD(particles=3, steps=2).sample(gaussian_log_density, init, progress=False)
+    assert torch.equal(partial.theta, two_steps.theta)
+
+
+def test_progress_false_is_silent(capsys):
+    SVGD(particles=3, steps=3).sample(gaussian_log_density, torch.randn(3, 2), progress=False)
+    captured = capsys.readouterr()
+    assert captured.err == "" and captured.out == ""
+
+
+def test_callbacks_see_the_particles_and_step_statistics():
+    seen = []
+    SVGD(particles=3, steps=4, anneal="linear", anneal_steps=4).sample(
+        gaussian_log_density,
+        torch.randn(3, 2, generator=torch.Generator().manual_seed(0)),
+        progress=False,
+        callbacks=[lambda e: seen.append((e.step, e.info["gamma"], e.info["theta"].clone()))],
+    )
+    assert [s for s, _, _ in seen] == [0, 1, 2, 3]
+    assert [g for _, g, _ in seen] == [0.0, 0.25, 0.5, 0.75]
+    assert not torch.equal(seen[0][2], seen[-1][2])
+
+
+# ------------------------------------------------------------------------------ the update
+def test_pull_back_is_the_jacobian_transpose_product(seed):
+    """f-SVGD's weight update is J_i^T phi_f[i], checked against an explicit Jacobian."""
+    from bayesdl.inference.svgd import _pull_back
+
+    bnn, x, y = regression_1d(seed)
+    svgd = SVGD(particles=3, kernel="function")
+    target = svgd._target(bnn, x, y, len(x), None, [0, 1, 2])
+    theta = bnn.init_theta(3, seed)
+    fun = target.functions(theta, target.next_batch())
+    phi_f = torch.randn(fun.flat.shape, generator=torch.Generator().manual_seed(seed), dtype=DTYPE)
+    pulled = _pull_back(fun, phi_f)
+    for i in range(3):
+        jacobian = torch.func.jacrev(lambda t: bnn.forward(t[None], x).flatten())(theta[i])
+        torch.testing.assert_close(pulled[i], jacobian.T @ phi_f[i])
+
+
+@pytest.mark.parametrize("kernel", [None, "weight", IMQ()], ids=["ensemble", "rbf", "imq"])
+def test_minibatch_updates_average_to_the_full_batch_update(kernel, seed):
+    """The score is linear in the likelihood terms, so over one epoch of minibatches (scaled by
+    num_data / batch_size) the weight-space update averages to the full-batch one exactly."""
+    bnn, x, y = classifier(seed, n=12)
+    theta = bnn.init_theta(4, seed)
+    full = SVGD(particles=4, kernel=kernel)
+    gen = torch.Generator()
+    full_target = full._target(bnn, x, y, 12, None, [0, 1, 2])
+    phi_full, _ = full._direction(full_target, theta, None, 1.0, gen)
+    mini = SVGD(particles=4, kernel=kernel, batch_size=4)
+    target = mini._target(bnn, x, y, 12, None, [seed, 1, 2])
+    phis = [mini._direction(target, theta, target.next_batch(), 1.0, gen)[0] for _ in range(3)]
+    torch.testing.assert_close(torch.stack(phis).mean(0), phi_full)
+    # A wrong scaling (forgetting num_data / batch_size) would be off by a factor on the data term.
+    assert not torch.allclose(torch.stack(phis).sum(0), phi_full)
+
+
+@pytest.mark.parametrize("tempering", ["posterior", "likelihood"])
+def test_temperature_scales_the_function_space_score(tempering, seed):
+    bnn, x, y = regression_1d(seed)
+
+    def gp(f, inputs):
+        return GaussianProcessScore(lambda a, b: torch.exp(-0.5 * (a - b.T) ** 2))(f, inputs)
+
+    def score(temperature, prior_only=False):
+        hot = BNN(bnn.net, bnn.prior, bnn.likelihood, temperature, tempering)
+        prior = gp if not prior_only else (lambda f, inputs: torch.zeros_like(f))
+        svgd = SVGD(particles=3, kernel="function", prior_score=prior)
+        target = svgd._target(hot, x, y, len(x), None, [0, 1, 2])
+        fun = target.functions(bnn.init_theta(3, seed), target.next_batch())
+        return target.function_score(fun, target.next_batch())
+
+    cold, warm = score(1.0), score(2.0)
+    lik_cold, lik_warm = score(1.0, True), score(2.0, True)
+    torch.testing.assert_close(lik_warm, lik_cold / 2)  # the likelihood is always tempered
+    prior_part_cold, prior_part_warm = cold - lik_cold, warm - lik_warm
+    factor = 2.0 if tempering == "posterior" else 1.0
+    torch.testing.assert_close(prior_part_warm, prior_part_cold / factor)
+
+
+def test_stochastic_noise_has_covariance_two_lr_k_over_p(seed):
+    """Langevin noise: lr * xi has covariance 2 lr K / P between particles, per coordinate."""
+    svgd = SVGD(particles=3, optimizer=torch.optim.SGD, lr=0.01, stochastic=True)
+    x = torch.tensor([[0.0], [0.5], [2.0]], dtype=DTYPE)
+    km = RBF()(x)
+    gen = torch.Generator().manual_seed(seed)
+    n = 20000
+    draws = torch.stack([svgd._langevin(km, x, gen)[:, 0] for _ in range(n)]) * svgd.lr
+    expected = 2 * svgd.lr * km.value / 3
+    sample = torch.cov(draws.T)
+    var = expected.diagonal()
+    se = torch.sqrt((var[:, None] * var[None, :] + expected**2) / n)  # SE of a Gaussian cov
+    assert ((sample - expected).abs() / se).max() < 4
+    assert ((sample - expected / 2).abs() / se).max() > 4  # half the noise would be caught
+
+
+def test_annealing_schedules_golden_values():
+    linear = annealing("linear", 100)
+    assert [linear(t) for t in (0, 50, 100, 150)] == [0.0, 0.5, 1.0, 1.0]
+    hyper = annealing("hyper", 130)  # tanh((1.3 t / T)^10): t = 100 gives tanh(1)
+    assert hyper(100) == pytest.approx(math.tanh(1.0))
+    assert hyper(0) == 0.0 and hyper(130) == 1.0
+    cyclic = annealing("cyclic", 100)  # 5 cycles of c = 20 steps: ((t mod 20) / 20)^10
+    assert cyclic(10) == pytest.approx(0.5**10)
+    assert cyclic(20) == 0.0 and cyclic(39) == pytest.approx((19 / 20) ** 10)
+    assert annealing(None, 10)(3) == 1.0
+    assert annealing(lambda t: 0.3, 10)(3) == 0.3
+
+
+def test_uniform_domain_draws_inside_the_widened_box():
+    x = torch.tensor([[0.0, -1.0], [2.0, 1.0]])
+    draw = uniform_domain(x, 500, margin=0.5)
+    a = draw(torch.Generator().manual_seed(0))
+    b = draw(torch.Generator().manual_seed(0))
+    assert torch.equal(a, b) and a.shape == (500, 2)
+    assert (a[:, 0] >= -1).all() and (a[:, 0] <= 3).all()
+    assert (a[:, 1] >= -2).all() and (a[:, 1] <= 2).all()
+    assert a[:, 0].min() < -0.5 and a[:, 0].max() > 2.5  # the margin is used
+    with pytest.raises(ValueError, match="size"):
+        uniform_domain(x, 0)
+    with pytest.raises(ValueError, match="margin"):
+        uniform_domain(x, 3, margin=-1)
+
+
+# ------------------------------------------------------------------------------ behaviour
+def test_deep_ensemble_particles_converge_to_the_map():
+    problem = linear_regression(seed=0)
+    post = SVGD(particles=6, kernel=None, steps=600, lr=0.05).fit(
+        problem.bnn, problem.x, problem.y, seed=0, progress=False
+    )
+    sd = torch.linalg.inv(problem.precision).diagonal().sqrt()
+    # Gaussian posterior: the MAP is the posterior mean.
+    assert ((post.theta[0] - problem.mean).abs() / sd).max() < 1e-3
+
+
+def test_repulsion_spreads_the_functions_beyond_a_map_ensemble(seed):
+    bnn, x, y = regression_1d(seed)
+    grid = torch.linspace(-3, 3, 61, dtype=DTYPE)[:, None]
+    settings = dict(particles=8, steps=300, lr=0.01)
+    ensemble = SVGD(kernel=None, **settings).fit(bnn, x, y, seed=seed, progress=False)
+    fsvgd = SVGD(kernel="function", measurement=uniform_domain(x, 20, 0.5), **settings).fit(
+        bnn, x, y, seed=seed, progress=False
+    )
+
+    def spread(post):
+        return float(post.predict(grid).samples[0, :, :, 0].std(0).mean())
+
+    assert spread(fsvgd) > spread(ensemble)
+
+
+VARIANTS = {
+    "ensemble": dict(kernel=None),
+    "weight": dict(kernel="weight"),
+    "weight-imq-annealed": dict(kernel=IMQ(), anneal="hyper"),
+    "function": dict(kernel="function"),
+    "function-imq-pool": dict(
+        kernel=IMQ("function"), measurement=torch.randn(30, 4, dtype=DTYPE), measurement_size=5
+    ),
+    "function-domain-gp": dict(
+        kernel="function",
+        measurement=uniform_domain(torch.randn(10, 4, dtype=DTYPE), 6),
+        prior_score=GaussianProcessScore(lambda a, b: torch.exp(-0.5 * torch.cdist(a, b) ** 2)),
+    ),
+    "hybrid": dict(kernel="hybrid", anneal="cyclic"),
+    "fw-svgd": dict(kernel=Hybrid(RBF("function"), RBF("function"))),
+    "wgd-kde": dict(kernel="weight", update="wgd-kde"),
+    "wgd-sge": dict(kernel="weight", update="wgd-sge"),
+    "wgd-ssge": dict(kernel="weight", update="wgd-ssge"),
+    "fwgd-kde": dict(kernel="function", update="wgd-kde"),
+    "fwgd-sge": dict(kernel="function", update="wgd-sge"),
+    "stochastic-ensemble": dict(kernel=None, stochastic=True, optimizer=torch.optim.SGD),
+    "stochastic-weight": dict(kernel="weight", stochastic=True, optimizer=torch.optim.SGD),
+    "stochastic-function": dict(kernel="function", stochastic=True, optimizer=torch.optim.SGD),
+    "stochastic-hybrid": dict(kernel="hybrid", stochastic=True, optimizer=torch.optim.SGD),
+}
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_every_variant_runs_with_minibatches(name, seed):
+    bnn, x, y = classifier(seed)
+    init = bnn.init_theta(4, seed)
+    svgd = SVGD(particles=4, steps=4, batch_size=10, lr=1e-3, **VARIANTS[name])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warnings from a normal run
+        post = svgd.fit(bnn, x, y, seed=seed, progress=False, init_theta=init)
+    assert torch.isfinite(post.theta).all() and torch.isfinite(post.sample_stats["lp"]).all()
+    assert not torch.equal(post.theta[0], init)
