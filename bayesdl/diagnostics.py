@@ -93,7 +93,10 @@ def ood_auroc(score_in: Tensor, score_out: Tensor) -> float:
     """
     from scipy.stats import rankdata
 
-    scores = np.concatenate([np.asarray(score_in, dtype=float), np.asarray(score_out, dtype=float)])
+    score_in, score_out = (
+        torch.as_tensor(s).detach().cpu().double() for s in (score_in, score_out)
+    )
+    scores = np.concatenate([score_in.numpy(), score_out.numpy()])
     ranks = rankdata(scores)
     n_in, n_out = len(score_in), len(score_out)
     if n_in == 0 or n_out == 0:

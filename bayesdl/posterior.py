@@ -8,6 +8,7 @@ saying what the draws are (R-hat does not apply to them).
 
 from __future__ import annotations
 
+import importlib
 import io
 import math
 import os
@@ -35,6 +36,10 @@ __all__ = ["KINDS", "Posterior", "Predictive"]
 KINDS = ("mcmc", "particles", "variational")
 
 _FORMAT = "bayesdl.Posterior/1"
+#: Formats that extend this one, and the class that loads them (imported when such a file is read).
+_EXTENDED_FORMATS = {
+    "bayesdl.SparsePosterior/1": "bayesdl.inference.sparse_posterior:SparsePosterior",
+}
 _MAX_ELEMENTS = 2**24  # network outputs held at once while predicting
 
 
@@ -375,7 +380,11 @@ class Posterior:
             restored: only load files you trust (unpickling can run code).
         """
         payload = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
+        fmt = payload.get("format") if isinstance(payload, dict) else None
+        if fmt in _EXTENDED_FORMATS and cls is Posterior:
+            module, name = _EXTENDED_FORMATS[fmt].split(":")
+            return getattr(importlib.import_module(module), name).load(path, bnn)
+        if fmt != _FORMAT:
             raise ValueError(f"path: {os.fspath(path)!r} is not a saved bayesdl Posterior")
         if bnn is None and payload["bnn"] is not None:
             bnn = pickle.load(io.BytesIO(payload["bnn"]))

@@ -9,7 +9,10 @@ from .hmc import HMC
 from .nuts import NUTS
 from .schedules import Constant, Cyclical
 from .sgmcmc import SGHMC, SGLD
+from .sparse_posterior import SparsePosterior
+from .ssvi import SSVI
 from .svgd import SVGD
+from .vi import VI
 
 #: Every backend by name.
 BACKENDS: dict[str, type[Backend]] = {
@@ -17,7 +20,9 @@ BACKENDS: dict[str, type[Backend]] = {
     "nuts": NUTS,
     "sghmc": SGHMC,
     "sgld": SGLD,
+    "ssvi": SSVI,
     "svgd": SVGD,
+    "vi": VI,
 }
 
 
@@ -35,12 +40,15 @@ __all__ = [
     "NUTS",
     "SGHMC",
     "SGLD",
+    "SSVI",
     "SVGD",
+    "VI",
     "Backend",
     "Callback",
     "Constant",
     "Cyclical",
     "NonFiniteError",
+    "SparsePosterior",
     "StepEvent",
     "get",
 ]

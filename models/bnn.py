@@ -201,6 +201,21 @@ class BNN:
             values[site] = visit(site, d, d.event_shape)
         return values
 
+    def site_priors(self, values: Mapping[str, Tensor]) -> dict[str, dist.Distribution]:
+        """The prior of every site given (batched) values of the hyper-latents.
+
+        Each parameter's prior is built from the values of its latent sites in ``values``, as
+        the log prior does; only the latent sites' values are needed.
+        """
+        priors: dict[str, dist.Distribution] = {}
+
+        def visit(name: str, d: dist.Distribution, shape: torch.Size) -> Tensor | None:
+            priors[name] = d
+            return values.get(name)
+
+        self._walk(visit)
+        return priors
+
     def _fixed_prior(self, w: _Weight, param: Tensor) -> dist.Distribution:
         """The prior of a parameter without latents, built once per dtype and device.
 

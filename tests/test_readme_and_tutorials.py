@@ -29,7 +29,12 @@ def _run(code: str, tmp_path: pathlib.Path, env: dict[str, str] | None = None) -
     result = subprocess.run(
         [sys.executable, str(script)],
         cwd=tmp_path,
-        env={**os.environ, "MPLBACKEND": "Agg", **(env or {})},
+        env={
+            **os.environ,
+            "MPLBACKEND": "Agg",
+            "OMP_NUM_THREADS": os.environ.get("BAYESDL_TEST_THREADS", "1"),
+            **(env or {}),
+        },
         capture_output=True,
         text=True,
         timeout=1200,
@@ -59,6 +64,7 @@ EXPECTED_OUTPUTS = {
     "01_quickstart.py": {"posterior.nc", "predictive_bands.png", "function_trace.png"},
     "02_hmc.py": {"nuts_function_trace.png", "predictions.png", "cold_posterior.png"},
     "03_svgd.py": {"snelson_functions.png", "fmnist_metrics.png", "fmnist_entropy.png"},
+    "04_vi_ssvi.py": {"vi_ssvi.png", "ssvi_0.1.pt", "dense_vi.pt"},
 }
 
 
