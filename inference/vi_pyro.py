@@ -3,9 +3,8 @@
 The reference path of :class:`~bayesdl.inference.VI` (``engine="pyro"``): the ELBO is Pyro's
 own, computed by ``pyro.infer.Trace_ELBO`` on the BNN's Pyro model, the computation
 ``pyro.infer.SVI`` performs at each step. The guide is ``AutoDiagonalNormal``, a mean-field
-Gaussian over the packed unconstrained latents (the same family as the functional path;
-``AutoNormal`` stores its parameters in nested modules named after the sites, which breaks on
-the BNN's hyper-latent names such as ``"layers.0.weight.scale"``). Parameters are module-local
+Gaussian over the packed unconstrained latents, the same family as the functional path.
+Parameters are module-local
 (``pyro.settings module_local_params``): nothing touches Pyro's global parameter store.
 
 KL annealing multiplies the log density of every site except the observed ``"y"``, in model

@@ -133,6 +133,18 @@ def test_model_is_a_plain_pyro_model():
     assert all(math.isfinite(v) for v in losses)
 
 
+def test_pyro_autoguides_work_with_hierarchical_priors():
+    """AutoNormal nests its parameters by site name: latent names must not nest under weights."""
+    x, y = _data()
+    rule = priors.Select({"*.weight": priors.Horseshoe()}, default=priors.InverseGammaScale())
+    bnn = BNN(MLP(3, [5], 1, "tanh"), rule, likelihoods.Gaussian(dist.HalfNormal(1.0)))
+    guide = pyro.infer.autoguide.AutoNormal(bnn.model)
+    svi = pyro.infer.SVI(bnn.model, guide, pyro.optim.Adam({"lr": 0.01}), pyro.infer.Trace_ELBO())
+    pyro.clear_param_store()
+    assert all(math.isfinite(svi.step(x, y)) for _ in range(3))
+    assert set(guide.median()) == set(bnn.layout.names)
+
+
 def test_classifier_models():
     torch.manual_seed(0)
     net = ConvNet(1, 4, channels=(2, 2), image_size=8)
@@ -262,7 +274,7 @@ def test_sample_prior_matches_init_theta_for_hierarchical_priors(seed):
     torch.manual_seed(seed)
     vectorised = bnn.unravel(bnn.sample_prior(400))
     reference = bnn.unravel(bnn.init_theta(400, seed))
-    for site in ("layers.0.weight.scale", "layers.1.weight.scale"):
+    for site in ("layers.0.weight_scale", "layers.1.weight_scale"):
         assert scipy.stats.ks_2samp(vectorised[site], reference[site]).pvalue > 1e-3
     w = "layers.0.weight"
     assert scipy.stats.ks_2samp(vectorised[w][:, 0, 0], reference[w][:, 0, 0]).pvalue > 1e-3

@@ -184,7 +184,7 @@ def test_nuts_with_hierarchical_prior_and_learned_noise():
         bnn, x, y, seed=0, progress=False
     )
     sites = post.sites()
-    assert sites["layers.0.weight.scale"].shape == (1, 10) and bool(
+    assert sites["layers.0.weight_scale"].shape == (1, 10) and bool(
         (sites["likelihood.scale"] > 0).all()
     )
     lp = bnn.log_joint(post.theta[0], x, y)

@@ -97,15 +97,15 @@ def test_hierarchical_priors_add_latent_sites():
     bnn = _mlp_bnn(priors.Select({"*.weight": priors.Horseshoe()}, default=priors.Gaussian(1.0)))
     names = bnn.layout.names
     assert names[:3] == (
-        "layers.0.weight.global_scale",
-        "layers.0.weight.local_scale",
+        "layers.0.weight_global_scale",
+        "layers.0.weight_local_scale",
         "layers.0.weight",
     )
     shapes = {s.name: tuple(s.shape) for s in bnn.layout.sites}
-    assert shapes["layers.0.weight.local_scale"] == (4,)
-    assert shapes["layers.1.weight.local_scale"] == (2,)
+    assert shapes["layers.0.weight_local_scale"] == (4,)
+    assert shapes["layers.1.weight_local_scale"] == (2,)
     igs = _mlp_bnn(priors.InverseGammaScale())
-    assert "layers.1.bias.scale" in igs.layout.names
+    assert "layers.1.bias_scale" in igs.layout.names
     weights = 3 * 4 + 4 + 4 * 2 + 2
     assert bnn.num_params == weights + (1 + 4) + (1 + 2)  # global + local scales per weight
     assert igs.num_params == weights + 4  # one scale per parameter tensor

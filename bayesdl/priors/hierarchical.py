@@ -31,7 +31,7 @@ class InverseGammaScale(Prior):
     is marginally Student-t with ``2a`` degrees of freedom and scale ``c sqrt(b/a)``; unlike an
     independent Student-t prior, the weights of one tensor share their scale, so the prior
     learns a per-layer scale from the data. Applied to a network's weights, this adds one latent
-    site ``"<param>.scale"`` (the standard deviation ``sigma``) per layer.
+    site ``"<param>_scale"`` (the standard deviation ``sigma``) per layer.
 
     Parameters
     ----------
@@ -57,7 +57,7 @@ class InverseGammaScale(Prior):
             param.new_tensor(self.concentration), param.new_tensor(self.rate)
         )
         return {
-            f"{name}.scale": dist.TransformedDistribution(
+            f"{name}_scale": dist.TransformedDistribution(
                 variance, PowerTransform(param.new_tensor(0.5))
             )
         }
@@ -66,7 +66,7 @@ class InverseGammaScale(Prior):
         self, name: str, param: Tensor, module: nn.Module, latents: Mapping[str, Tensor]
     ) -> dist.Distribution:
         factor = 1 / math.sqrt(fan_in_of(param)) if self.fan_in else 1.0
-        scale = expand_right(latents[f"{name}.scale"], param.dim()) * factor
+        scale = expand_right(latents[f"{name}_scale"], param.dim()) * factor
         return dist.Normal(scale.new_zeros(()), scale)
 
 
@@ -81,8 +81,8 @@ class Horseshoe(Prior):
     with one global scale ``tau`` per parameter tensor and one local scale ``lambda_k`` per
     output unit ``k`` (the first dimension of the tensor: rows of a ``Linear`` weight, output
     channels of a ``Conv2d`` weight). Whole units shrink towards zero together, which prunes
-    neurons. Adds the latent sites ``"<param>.global_scale"`` (shape ``()``) and
-    ``"<param>.local_scale"`` (shape ``(out,)``).
+    neurons. Adds the latent sites ``"<param>_global_scale"`` (shape ``()``) and
+    ``"<param>_local_scale"`` (shape ``(out,)``).
 
     The horseshoe's funnel geometry is hard for HMC; expect divergences unless the step size is
     small.
@@ -110,15 +110,15 @@ class Horseshoe(Prior):
             )
         units = param.shape[0]
         return {
-            f"{name}.global_scale": dist.HalfCauchy(param.new_tensor(self.global_scale)),
-            f"{name}.local_scale": dist.HalfCauchy(param.new_ones(units)).to_event(1),
+            f"{name}_global_scale": dist.HalfCauchy(param.new_tensor(self.global_scale)),
+            f"{name}_local_scale": dist.HalfCauchy(param.new_ones(units)).to_event(1),
         }
 
     def distribution(
         self, name: str, param: Tensor, module: nn.Module, latents: Mapping[str, Tensor]
     ) -> dist.Distribution:
         factor = 1 / math.sqrt(fan_in_of(param)) if self.fan_in else 1.0
-        tau = expand_right(latents[f"{name}.global_scale"], param.dim())
-        lam = expand_right(latents[f"{name}.local_scale"], param.dim() - 1)
+        tau = expand_right(latents[f"{name}_global_scale"], param.dim())
+        lam = expand_right(latents[f"{name}_local_scale"], param.dim() - 1)
         scale = tau * lam * factor
         return dist.Normal(scale.new_zeros(()), scale)
