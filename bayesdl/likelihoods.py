@@ -12,6 +12,7 @@ divides by the temperature as :class:`bayesdl.models.BNN` documents.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from typing import ClassVar
@@ -23,6 +24,8 @@ from torch.distributions import Distribution
 
 from ._checks import check_positive
 from .priors.base import expand_right
+
+_LOG_2PI = math.log(2 * math.pi)
 
 __all__ = ["Bernoulli", "Categorical", "Gaussian", "Likelihood"]
 
@@ -132,6 +135,12 @@ class Gaussian(Likelihood):
 
     def predictive(self, f: Tensor, latents: Mapping[str, Tensor]) -> Distribution:
         return dist.Normal(f, self.noise_scale(latents, f)).to_event(1)
+
+    def log_prob(self, f: Tensor, y: Tensor, latents: Mapping[str, Tensor]) -> Tensor:
+        """``predictive(f).log_prob(y)`` written out: the sampler's inner loop calls it."""
+        scale = self.noise_scale(latents, f)
+        z = (y - f) / scale
+        return (-0.5 * z.square() - scale.log()).sum(-1) - 0.5 * f.shape[-1] * _LOG_2PI
 
     def summary(self, f: Tensor, latents: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
         noise_var = self.noise_scale(latents, f).square().expand_as(f).mean(0)

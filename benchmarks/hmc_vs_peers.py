@@ -37,6 +37,7 @@ from bayesdl.inference import NUTS
 from bayesdl.models import BNN, MLP
 
 HIDDEN = 50
+SAMPLERS = ("bayesdl", "numpyro", "pyro", "pyro-nojit")
 NOISE = 0.5
 PROBES = 5
 
@@ -120,10 +121,10 @@ class GradientCounter:
         self.total += int(sum(int(n) for n in event.info["n_steps"]))
 
 
-def run_bayesdl(bnn, data, chains, warmup, draws) -> Row:
+def run_bayesdl(bnn, data, chains, warmup, draws, depth) -> Row:
     counter = GradientCounter()
     start = time.perf_counter()
-    post = NUTS(chains=chains, warmup=warmup, draws=draws).fit(
+    post = NUTS(chains=chains, warmup=warmup, draws=draws, max_tree_depth=depth).fit(
         bnn, data.x_train, data.y_train, seed=0, progress=False, callbacks=[counter]
     )
     seconds = time.perf_counter() - start
@@ -148,12 +149,12 @@ def run_bayesdl(bnn, data, chains, warmup, draws) -> Row:
     )
 
 
-def run_pyro(bnn, data, chains, warmup, draws, jit: bool) -> Row:
+def run_pyro(bnn, data, chains, warmup, draws, depth, jit: bool) -> Row:
     counter = GradientCounter()
     start = time.perf_counter()
-    post = NUTS(chains=chains, warmup=warmup, draws=draws, engine="pyro", jit=jit).fit(
-        bnn, data.x_train, data.y_train, seed=0, progress=False, callbacks=[counter]
-    )
+    post = NUTS(
+        chains=chains, warmup=warmup, draws=draws, max_tree_depth=depth, engine="pyro", jit=jit
+    ).fit(bnn, data.x_train, data.y_train, seed=0, progress=False, callbacks=[counter])
     seconds = time.perf_counter() - start
     grads = counter.total
     rmse, nll, f = score(bnn, post.theta, data)
@@ -171,7 +172,7 @@ def run_pyro(bnn, data, chains, warmup, draws, jit: bool) -> Row:
     )
 
 
-def run_numpyro(bnn, data, chains, warmup, draws) -> Row | None:
+def run_numpyro(bnn, data, chains, warmup, draws, depth) -> Row | None:
     try:
         import jax
         import jax.numpy as jnp
@@ -195,7 +196,7 @@ def run_numpyro(bnn, data, chains, warmup, draws) -> Row | None:
         numpyro.sample("y", nd.Normal(f, NOISE), obs=y)
 
     mcmc = MCMC(
-        NNUTS(model),
+        NNUTS(model, max_tree_depth=depth),
         num_warmup=warmup,
         num_samples=draws,
         num_chains=chains,
@@ -213,10 +214,10 @@ def run_numpyro(bnn, data, chains, warmup, draws) -> Row | None:
     # the same parameters in bayesdl's layout: layers.0.weight is (50, d) = w1^T, ...
     theta = torch.cat(
         [
-            torch.as_tensor(np.asarray(samples["w1"])).transpose(-1, -2).reshape(chains, draws, -1),
-            torch.as_tensor(np.asarray(samples["b1"])),
-            torch.as_tensor(np.asarray(samples["w2"])).transpose(-1, -2).reshape(chains, draws, -1),
-            torch.as_tensor(np.asarray(samples["b2"])),
+            torch.as_tensor(np.array(samples["w1"])).transpose(-1, -2).reshape(chains, draws, -1),
+            torch.as_tensor(np.array(samples["b1"])),
+            torch.as_tensor(np.array(samples["w2"])).transpose(-1, -2).reshape(chains, draws, -1),
+            torch.as_tensor(np.array(samples["b2"])),
         ],
         dim=-1,
     )
@@ -270,6 +271,35 @@ def gradient_cost(bnn: BNN, data, chains: int, repeats: int = 50) -> dict:
     }
 
 
+def run_dataset(name: str, args: argparse.Namespace) -> dict:
+    """Every chosen contender on one data set; rows are printed as they finish."""
+    data = load(name)
+    bnn = make_bnn(data.in_features)
+    depth, warmup, draws = args.max_tree_depth, args.warmup, args.draws
+    costs = [gradient_cost(bnn, data, c) for c in args.chains] if "bayesdl" in args.samplers else []
+    results = []
+
+    def record(row: dict) -> None:
+        results.append(row)
+        print(name, row, flush=True)
+
+    if "bayesdl" in args.samplers:
+        for c in args.chains:
+            record(run_bayesdl(bnn, data, c, warmup, draws, depth).as_dict())
+    if "numpyro" in args.samplers:
+        for c in args.numpyro_chains:
+            row = run_numpyro(bnn, data, c, warmup, draws, depth)
+            if row is not None:
+                record(row.as_dict())
+    if "pyro" in args.samplers:
+        record(run_pyro(bnn, data, args.pyro_chains, warmup, draws, depth, jit=True).as_dict())
+    if "pyro-nojit" in args.samplers:
+        n = args.nojit_iterations
+        row = run_pyro(bnn, data, 1, n, n, depth, jit=False).as_dict()
+        record({**row, "note": f"{n}+{n} iterations"})
+    return {"gradient_cost": costs, "samplers": results}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -278,7 +308,16 @@ def main() -> None:
     parser.add_argument("--chains", nargs="+", type=int, default=[1, 4, 16, 64])
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--draws", type=int, default=200)
+    parser.add_argument("--max-tree-depth", type=int, default=8, help="for every sampler")
+    parser.add_argument(
+        "--samplers",
+        nargs="+",
+        choices=SAMPLERS,
+        default=list(SAMPLERS),
+        help="which contenders to run",
+    )
     parser.add_argument("--pyro-chains", type=int, default=4)
+    parser.add_argument("--numpyro-chains", nargs="+", type=int, default=[4, 64])
     parser.add_argument(
         "--nojit-iterations", type=int, default=20, help="warmup = draws for Pyro without jit"
     )
@@ -291,27 +330,7 @@ def main() -> None:
         "datasets": {},
     }
     for name in args.datasets:
-        data = load(name)
-        bnn = make_bnn(data.in_features)
-        rows = [gradient_cost(bnn, data, c) for c in args.chains]
-        results = []
-        for c in args.chains:
-            results.append(run_bayesdl(bnn, data, c, args.warmup, args.draws).as_dict())
-            print(name, results[-1], flush=True)
-        numpyro_row = run_numpyro(bnn, data, args.pyro_chains, args.warmup, args.draws)
-        if numpyro_row is not None:
-            results.append(numpyro_row.as_dict())
-            print(name, results[-1], flush=True)
-        results.append(
-            run_pyro(bnn, data, args.pyro_chains, args.warmup, args.draws, jit=True).as_dict()
-        )
-        print(name, results[-1], flush=True)
-        n = args.nojit_iterations
-        results.append(
-            {**run_pyro(bnn, data, 1, n, n, jit=False).as_dict(), "note": f"{n}+{n} iterations"}
-        )
-        print(name, results[-1], flush=True)
-        report["datasets"][name] = {"gradient_cost": rows, "samplers": results}
+        report["datasets"][name] = run_dataset(name, args)
     with open(args.out, "w") as fh:
         json.dump(report, fh, indent=2)
     print(json.dumps(report, indent=2))

@@ -25,6 +25,7 @@ Jacobian term is never tempered: it is the change of variables of the tempered d
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -54,6 +55,27 @@ class _Weight:
     module: str
     prior: Prior
     hierarchical: bool
+
+
+@dataclass(frozen=True)
+class _GaussianBlock:
+    """The sites with a fixed Normal prior, scored together as one vector.
+
+    ``log N(theta_c | loc, scale^2)`` summed over the columns ``c`` of those sites (``columns``
+    is ``None`` when they are all of ``theta``): two tensor operations in place of a
+    distribution per site, for the samplers' inner loop.
+    """
+
+    names: frozenset[str]
+    columns: Tensor | None
+    loc: Tensor
+    inv_scale: Tensor
+    const: float
+
+    def log_prob(self, theta: Tensor) -> Tensor:
+        if self.columns is not None:
+            theta = theta.index_select(-1, self.columns)
+        return self.const - 0.5 * ((theta - self.loc) * self.inv_scale).square().sum(-1)
 
 
 class BNN:
@@ -140,7 +162,7 @@ class BNN:
         self._buffer_names = tuple(n for n, _ in net.named_buffers())
         self.layout = FlatLayout(specs)
         self._out_features: dict[tuple[int, ...], int] = {}
-        self._priors: dict[tuple, dist.Distribution] = {}  # priors without latents, built once
+        self._priors: dict[tuple, dist.Distribution | _GaussianBlock] = {}  # built once
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
@@ -228,6 +250,35 @@ class BNN:
                 module = self.net.get_submodule(w.module)
                 self._priors[key] = w.prior.distribution(w.name, param, module, {})
         return self._priors[key]
+
+    def _gaussian_block(self) -> _GaussianBlock:
+        """The fixed-Normal-prior sites as one :class:`_GaussianBlock` (built once)."""
+        key = ("gaussian block", self.dtype, self.device)
+        if key in self._priors:
+            return self._priors[key]
+        names, columns, locs, scales = [], [], [], []
+        for w in self._weights:
+            param = self.net.get_parameter(w.name).data
+            d = None if w.hierarchical else self._fixed_prior(w, param)
+            if type(d) is not dist.Normal:
+                continue
+            names.append(w.name)
+            span = self.layout.slices[w.name]
+            columns.append(torch.arange(span.start, span.stop, device=param.device))
+            locs.append(d.loc.expand(param.shape).reshape(-1))
+            scales.append(d.scale.expand(param.shape).reshape(-1))
+        empty = torch.zeros(0, dtype=self.dtype, device=self.device)
+        column = torch.cat([empty.long(), *columns])
+        scale = torch.cat([empty, *scales])
+        block = _GaussianBlock(
+            names=frozenset(names),
+            columns=None if column.numel() == self.num_params else column,
+            loc=torch.cat([empty, *locs]),
+            inv_scale=scale.reciprocal(),
+            const=float(-scale.log().sum() - 0.5 * scale.numel() * math.log(2 * math.pi)),
+        )
+        self._priors[key] = block
+        return block
 
     def _likelihood_latents(self, values: Mapping[str, Tensor]) -> dict[str, Tensor]:
         return {s: values[s] for s in self.likelihood.latent_sites()}
@@ -369,17 +420,23 @@ class BNN:
         with pyro.validation_enabled(False):
             return self._log_prior(self.unravel(theta))
 
-    def _log_prior(self, values: Mapping[str, Tensor]) -> Tensor:
-        """Sum of the sites' prior log densities for batched values ``(P, *shape)`` -> ``(P,)``."""
+    def _log_prior(
+        self, values: Mapping[str, Tensor], skip: frozenset[str] = frozenset()
+    ) -> Tensor:
+        """Sum of the sites' prior log densities for batched values ``(P, *shape)`` -> ``(P,)``.
+
+        Sites in ``skip`` are left out (the caller scores them another way).
+        """
         terms = []
 
         def score(name: str, d: dist.Distribution, shape: torch.Size) -> Tensor:
             value = values[name]
-            terms.append(d.log_prob(value).reshape(value.shape[0], -1).sum(-1))
+            if name not in skip:
+                terms.append(d.log_prob(value).reshape(value.shape[0], -1).sum(-1))
             return value
 
         self._walk(score)
-        return torch.stack(terms).sum(0)
+        return torch.stack(terms).sum(0) if terms else 0.0
 
     def log_likelihood(
         self, theta: Tensor, x: Tensor, y: Tensor, num_data: int | None = None
@@ -418,10 +475,12 @@ class BNN:
         temperature = self.temperature
         posterior_tempering = self.tempering == "posterior"
 
+        gaussian = self._gaussian_block()
+
         def log_joint(theta: Tensor) -> Tensor:
             with pyro.validation_enabled(False):
                 values = self.unravel(theta)
-                lp_prior = self._log_prior(values)
+                lp_prior = gaussian.log_prob(theta) + self._log_prior(values, gaussian.names)
                 f = self._forward(values, x)
                 latents = self._likelihood_latents(values)
                 lp_lik = self.likelihood.log_prob(f, y, latents).sum(-1) * lik_scale

@@ -24,6 +24,11 @@ PRIORS = {
     "scale_mixture": priors.ScaleMixture(scales=(0.1, 1.0, 4.0), weights=(0.5, 0.3, 0.2)),
     "inverse_gamma_scale": priors.InverseGammaScale(concentration=2.0, rate=1.5, fan_in=True),
     "horseshoe": priors.Horseshoe(global_scale=0.5),
+    "mixed": priors.Select(
+        {"layers.0.weight": priors.InverseGammaScale(concentration=2.0, rate=1.5)},
+        default=priors.Gaussian(0.9),
+        bias=priors.Laplace(0.6),
+    ),
 }
 
 

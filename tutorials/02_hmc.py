@@ -89,9 +89,11 @@ print(bnn)
 # iteration, the share of that work that was not wasted.
 
 # %%
-nuts_settings = dict(chains=4, warmup=8, draws=8) if SMOKE else dict(chains=4, warmup=400, draws=400)
+nuts_settings = (
+    dict(chains=4, warmup=8, draws=8) if SMOKE else dict(chains=4, warmup=300, draws=300)
+)
 start = time.perf_counter()
-post_nuts = NUTS(**nuts_settings, max_tree_depth=4 if SMOKE else 9).fit(
+post_nuts = NUTS(**nuts_settings, max_tree_depth=4 if SMOKE else 8).fit(
     bnn, data.x_train, data.y_train, seed=0
 )
 seconds_nuts = time.perf_counter() - start
@@ -132,16 +134,18 @@ plt.close(fig)
 
 # %%
 sghmc_settings = (
-    dict(burn_in=20, draws=5, thin=2)
-    if SMOKE
-    else dict(burn_in=3000, draws=200, thin=50)
+    dict(burn_in=20, draws=5, thin=2) if SMOKE else dict(burn_in=3000, draws=200, thin=50)
 )
 
 
 def run_sghmc(model: BNN, seed: int = 0):
     sampler = SGHMC(
-        chains=4, lr=1e-4 * model.temperature, momentum_decay=0.05, batch_size=32,
-        preconditioner="adaptive", **sghmc_settings,
+        chains=4,
+        lr=1e-4 * model.temperature,
+        momentum_decay=0.05,
+        batch_size=32,
+        preconditioner="adaptive",
+        **sghmc_settings,
     )
     return sampler.fit(model, data.x_train, data.y_train, seed=seed, progress=not SMOKE)
 
@@ -152,8 +156,12 @@ report["sghmc"] = {
     **post_sghmc.evaluate(data.x_test, data.y_test, y_scale=data.y_scale),
     "seconds": time.perf_counter() - start,
     "kinetic_temperature": float(post_sghmc.sample_stats["kinetic_temperature"].mean()),
-    "configurational_temperature": float(post_sghmc.sample_stats["configurational_temperature"].mean()),
-    "f_rhat_max": float(az.summary(post_sghmc.to_arviz(probe=data.x_test), var_names=["f"])["r_hat"].max()),
+    "configurational_temperature": float(
+        post_sghmc.sample_stats["configurational_temperature"].mean()
+    ),
+    "f_rhat_max": float(
+        az.summary(post_sghmc.to_arviz(probe=data.x_test), var_names=["f"])["r_hat"].max()
+    ),
 }
 print(json.dumps(report["sghmc"], indent=2))
 
@@ -167,7 +175,9 @@ for ax, (name, post) in zip(axes, [("NUTS", post_nuts), ("SGHMC", post_sghmc)], 
     ax.errorbar(observed, mean, yerr=err, fmt="o", ms=3, alpha=0.7)
     lim = [observed.min(), observed.max()]
     ax.plot(lim, lim, "k--", lw=1)
-    ax.set_title(f"{name}: RMSE {report[name.lower()]['rmse']:.2f}, NLL {report[name.lower()]['nll']:.2f}")
+    ax.set_title(
+        f"{name}: RMSE {report[name.lower()]['rmse']:.2f}, NLL {report[name.lower()]['nll']:.2f}"
+    )
     ax.set_xlabel("observed resistance")
 axes[0].set_ylabel("predicted (mean ± 2 sd)")
 fig.tight_layout()

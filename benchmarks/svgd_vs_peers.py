@@ -21,7 +21,8 @@ from the same run.
 
 Usage::
 
-    BAYESDL_DATA=../shared/data python benchmarks/svgd.py [--particles 20 100] [--threads 1]
+    BAYESDL_DATA=../shared/data python benchmarks/svgd_vs_peers.py \
+        [--particles 20 100] [--threads 1]
 """
 
 from __future__ import annotations
