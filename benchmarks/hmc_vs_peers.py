@@ -11,9 +11,11 @@ in different modes, and cross-chain ESS would count that against them. The cross
 is reported separately, as a diagnostic. Also measured: the cost of one vectorised gradient of
 ``bnn.log_joint`` (the limit for any sampler built on it) and a leapfrog step of the engine.
 
-    python benchmarks/hmc_vs_peers.py --datasets diabetes uci:yacht --warmup 200 --draws 200
+    python benchmarks/hmc_vs_peers.py --datasets diabetes --chains 1 4 16 64 --draws 150
+    python benchmarks/hmc_vs_peers.py --samplers numpyro --numpyro-chains 64   # one contender
 
-NumPyro runs only when installed (``pip install -e .[bench]``).
+NumPyro runs only when installed (``pip install -e .[bench]``). The figures, commands and
+machine of the published runs are in ``benchmarks/RESULTS.md``.
 """
 
 from __future__ import annotations
