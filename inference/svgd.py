@@ -429,8 +429,7 @@ class SVGD(Backend):
         measurement: MeasurementLike,
         seeds: Sequence[int],
     ) -> _BNNTarget:
-        """The BNN and its data (checked here), with this backend's settings."""
-        x, y = bnn.check_data(x, y)
+        """The BNN and its data (already checked by :meth:`fit`), with this backend's settings."""
         return _BNNTarget(
             bnn,
             x,

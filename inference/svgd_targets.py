@@ -88,7 +88,9 @@ class _BNNTarget:
         self.bnn = bnn
         self.num_data = num_data
         self.batches = Minibatches(x, y, batch_size, seeds[0])
-        self.full_joint = bnn.log_joint_fn(x, y, num_data) if self.batches.full_batch else None
+        self.full_joint = (
+            bnn.log_joint_fn(x, y, num_data, validate=False) if self.batches.full_batch else None
+        )
         self.measurement = measurement
         self.measurement_size = measurement_size
         self.prior_score = prior_score

@@ -445,7 +445,7 @@ class _Runner:
             self.map_theta = self.family.loc.detach().clone()[None].requires_grad_(True)
             self.map_optimizer = make_optimizer(self.vi.optimizer, [self.map_theta], self.vi.lr)
         x, y = next(self.batches)
-        log_joint = self.bnn.log_joint_fn(x, y, self.num_data)(self.map_theta)[0]
+        log_joint = self.bnn.log_joint_fn(x, y, self.num_data, validate=False)(self.map_theta)[0]
         if not torch.isfinite(log_joint):
             return {"finite": False, "log_joint": float(log_joint.detach())}
         self.map_optimizer.zero_grad(set_to_none=True)

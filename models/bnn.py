@@ -418,25 +418,26 @@ class BNN:
         """
         self._check_theta(theta)
         with pyro.validation_enabled(False):
-            return self._log_prior(self.unravel(theta))
+            return self._log_prior(theta, self.unravel(theta))
 
-    def _log_prior(
-        self, values: Mapping[str, Tensor], skip: frozenset[str] = frozenset()
-    ) -> Tensor:
-        """Sum of the sites' prior log densities for batched values ``(P, *shape)`` -> ``(P,)``.
+    def _log_prior(self, theta: Tensor, values: Mapping[str, Tensor]) -> Tensor:
+        """Sum of the sites' prior log densities, ``(P, D)`` -> ``(P,)``.
 
-        Sites in ``skip`` are left out (the caller scores them another way).
+        ``values`` are ``theta`` unravelled. Sites with a fixed Normal prior are scored together
+        on ``theta`` (:class:`_GaussianBlock`); every other site by its distribution.
         """
-        terms = []
+        gaussian = self._gaussian_block()
+        total = gaussian.log_prob(theta)
 
         def score(name: str, d: dist.Distribution, shape: torch.Size) -> Tensor:
+            nonlocal total
             value = values[name]
-            if name not in skip:
-                terms.append(d.log_prob(value).reshape(value.shape[0], -1).sum(-1))
+            if name not in gaussian.names:
+                total = total + d.log_prob(value).reshape(value.shape[0], -1).sum(-1)
             return value
 
         self._walk(score)
-        return torch.stack(terms).sum(0) if terms else 0.0
+        return total
 
     def log_likelihood(
         self, theta: Tensor, x: Tensor, y: Tensor, num_data: int | None = None
@@ -475,12 +476,10 @@ class BNN:
         temperature = self.temperature
         posterior_tempering = self.tempering == "posterior"
 
-        gaussian = self._gaussian_block()
-
         def log_joint(theta: Tensor) -> Tensor:
             with pyro.validation_enabled(False):
                 values = self.unravel(theta)
-                lp_prior = gaussian.log_prob(theta) + self._log_prior(values, gaussian.names)
+                lp_prior = self._log_prior(theta, values)
                 f = self._forward(values, x)
                 latents = self._likelihood_latents(values)
                 lp_lik = self.likelihood.log_prob(f, y, latents).sum(-1) * lik_scale

@@ -8,6 +8,7 @@ import pathlib
 
 import pytest
 import torch
+from pyro.infer.mcmc.util import initialize_model
 
 SEED = int(os.environ.get("BAYESDL_TEST_SEED", "0"))
 
@@ -49,3 +50,19 @@ def _float64_default():
     dtype = torch.get_default_dtype()
     yield
     torch.set_default_dtype(dtype)
+
+
+def _pyro_log_joint(bnn, theta: torch.Tensor, args: tuple) -> torch.Tensor:
+    """Log joint of unconstrained theta from Pyro itself: -potential energy, one row at a time."""
+    _, potential, _, _ = initialize_model(bnn.model, args)
+    rows = []
+    for row in theta:
+        unconstrained = {k: v[0] for k, v in bnn.unravel(row[None], constrained=False).items()}
+        rows.append(-potential(unconstrained))
+    return torch.stack(rows)
+
+
+@pytest.fixture
+def pyro_log_joint():
+    """``(bnn, theta, model_args) -> (P,)``: the reference every ``bnn.log_joint`` test uses."""
+    return _pyro_log_joint

@@ -17,7 +17,6 @@ import numpy as np
 import pyro.distributions as dist
 import pytest
 import torch
-from pyro.infer.mcmc.util import initialize_model
 from scipy import stats
 
 from bayesdl import likelihoods, priors
@@ -408,18 +407,8 @@ def test_one_sided_penalty_ignores_small_gradients():
 
 
 # ------------------------------------------------------------------ the GPMatched prior
-def _pyro_log_joint(bnn: BNN, theta: torch.Tensor, args: tuple) -> torch.Tensor:
-    """Log joint of unconstrained theta from Pyro itself: -potential energy, one row at a time."""
-    _, potential, _, _ = initialize_model(bnn.model, args)
-    rows = []
-    for row in theta:
-        unconstrained = {k: v[0] for k, v in bnn.unravel(row[None], constrained=False).items()}
-        rows.append(-potential(unconstrained))
-    return torch.stack(rows)
-
-
 @pytest.mark.parametrize("kind", ["gaussian-layer", "gaussian-parameter", "hierarchical"])
-def test_log_joint_matches_pyro_model(kind, seed):
+def test_log_joint_matches_pyro_model(kind, seed, pyro_log_joint):
     family_name, _, per = kind.partition("-")
     torch.manual_seed(seed)
     net = MLP(3, [4], 2, activation="tanh").double()
@@ -434,7 +423,7 @@ def test_log_joint_matches_pyro_model(kind, seed):
     y = torch.randn(9, 2, dtype=torch.float64)
     theta = 0.7 * torch.randn(5, bnn.num_params, dtype=torch.float64)
     ours = bnn.log_joint(theta, x, y, num_data=30)
-    torch.testing.assert_close(ours, _pyro_log_joint(bnn, theta, (x, y, 30)), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(ours, pyro_log_joint(bnn, theta, (x, y, 30)), rtol=1e-6, atol=1e-6)
 
 
 def test_gaussian_gp_matched_density_is_the_fan_in_scaled_normal():

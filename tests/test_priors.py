@@ -8,7 +8,6 @@ import pyro.distributions as dist
 import pytest
 import torch
 from pyro import poutine
-from pyro.infer.mcmc.util import initialize_model
 from scipy import stats
 
 from bayesdl import likelihoods, priors
@@ -52,16 +51,6 @@ def _conv_bnn(**kwargs) -> BNN:
     return BNN(net, rule, likelihoods.Categorical(), **kwargs)
 
 
-def _pyro_log_joint(bnn: BNN, theta: torch.Tensor, args: tuple) -> torch.Tensor:
-    """Log joint of unconstrained theta from Pyro itself: -potential energy, one row at a time."""
-    _, potential, _, _ = initialize_model(bnn.model, args)
-    rows = []
-    for row in theta:
-        unconstrained = {k: v[0] for k, v in bnn.unravel(row[None], constrained=False).items()}
-        rows.append(-potential(unconstrained))
-    return torch.stack(rows)
-
-
 def _trace_log_joint(bnn: BNN, theta_row: torch.Tensor, args: tuple) -> torch.Tensor:
     """Log joint of a conditioned Pyro trace plus the log-det Jacobian of the transforms."""
     values = {k: v[0] for k, v in bnn.unravel(theta_row[None]).items()}
@@ -71,7 +60,7 @@ def _trace_log_joint(bnn: BNN, theta_row: torch.Tensor, args: tuple) -> torch.Te
 
 @pytest.mark.parametrize("P", [1, 5])
 @pytest.mark.parametrize("name", sorted(PRIORS))
-def test_log_joint_matches_pyro_model(name, P, seed):
+def test_log_joint_matches_pyro_model(name, P, seed, pyro_log_joint):
     torch.manual_seed(seed)
     learned_noise = likelihoods.Gaussian(dist.HalfNormal(torch.tensor(1.0, dtype=torch.float64)))
     bnn = _mlp_bnn(PRIORS[name], learned_noise, temperature=0.7)
@@ -79,7 +68,7 @@ def test_log_joint_matches_pyro_model(name, P, seed):
     y = torch.randn(9, 2, dtype=torch.float64)
     theta = 0.7 * torch.randn(P, bnn.num_params, dtype=torch.float64)
     ours = bnn.log_joint(theta, x, y, num_data=30)
-    reference = _pyro_log_joint(bnn, theta, (x, y, 30))
+    reference = pyro_log_joint(bnn, theta, (x, y, 30))
     torch.testing.assert_close(ours, reference, rtol=1e-6, atol=1e-6)
     traced = torch.stack([_trace_log_joint(bnn, row, (x, y, 30)) for row in theta])
     torch.testing.assert_close(ours, traced, rtol=1e-6, atol=1e-6)
@@ -87,14 +76,14 @@ def test_log_joint_matches_pyro_model(name, P, seed):
 
 @pytest.mark.parametrize("P", [1, 5])
 @pytest.mark.parametrize("tempering", ["posterior", "likelihood"])
-def test_log_joint_matches_pyro_model_correlated_conv(P, tempering, seed):
+def test_log_joint_matches_pyro_model_correlated_conv(P, tempering, seed, pyro_log_joint):
     torch.manual_seed(seed)
     bnn = _conv_bnn(temperature=0.3, tempering=tempering)
     x = torch.randn(6, 1, 8, 8, dtype=torch.float64)
     y = torch.randint(0, 3, (6,))
     theta = 0.5 * torch.randn(P, bnn.num_params, dtype=torch.float64)
     torch.testing.assert_close(
-        bnn.log_joint(theta, x, y), _pyro_log_joint(bnn, theta, (x, y)), rtol=1e-6, atol=1e-6
+        bnn.log_joint(theta, x, y), pyro_log_joint(bnn, theta, (x, y)), rtol=1e-6, atol=1e-6
     )
 
 
