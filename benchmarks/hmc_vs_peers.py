@@ -13,6 +13,7 @@ is reported separately, as a diagnostic. Also measured: the cost of one vectoris
 
     python benchmarks/hmc_vs_peers.py --datasets diabetes --chains 1 4 16 64 --draws 150
     python benchmarks/hmc_vs_peers.py --samplers numpyro --numpyro-chains 64   # one contender
+    python benchmarks/hmc_vs_peers.py --samplers bayesdl-compile numpyro       # NUTS(compile=True)
 
 NumPyro runs only when installed (``pip install -e .[bench]``). The figures, commands and
 machine of the published runs are in ``benchmarks/RESULTS.md``.
@@ -39,7 +40,7 @@ from bayesdl.inference import NUTS
 from bayesdl.models import BNN, MLP
 
 HIDDEN = 50
-SAMPLERS = ("bayesdl", "numpyro", "pyro", "pyro-nojit")
+SAMPLERS = ("bayesdl", "bayesdl-compile", "numpyro", "pyro", "pyro-nojit")
 NOISE = 0.5
 PROBES = 5
 
@@ -114,21 +115,24 @@ def score(bnn: BNN, theta: torch.Tensor, data) -> tuple[float, float, np.ndarray
 
 
 class GradientCounter:
-    """Callback summing the leapfrog steps (chain-gradients) of every iteration, warmup included."""
+    """Callback summing the leapfrog steps (chain-gradients) of every iteration, warmup included;
+    also the time of the first iteration's end (which includes any compilation)."""
 
     def __init__(self) -> None:
         self.total = 0
+        self.first_done: float | None = None
 
     def __call__(self, event) -> None:
         self.total += int(sum(int(n) for n in event.info["n_steps"]))
+        if self.first_done is None:
+            self.first_done = time.perf_counter()
 
 
-def run_bayesdl(bnn, data, chains, warmup, draws, depth) -> Row:
+def run_bayesdl(bnn, data, chains, warmup, draws, depth, compile: bool = False) -> Row:
     counter = GradientCounter()
     start = time.perf_counter()
-    post = NUTS(chains=chains, warmup=warmup, draws=draws, max_tree_depth=depth).fit(
-        bnn, data.x_train, data.y_train, seed=0, progress=False, callbacks=[counter]
-    )
+    nuts = NUTS(chains=chains, warmup=warmup, draws=draws, max_tree_depth=depth, compile=compile)
+    post = nuts.fit(bnn, data.x_train, data.y_train, seed=0, progress=False, callbacks=[counter])
     seconds = time.perf_counter() - start
     grads = counter.total
     rmse, nll, f = score(bnn, post.theta, data)
@@ -138,7 +142,7 @@ def run_bayesdl(bnn, data, chains, warmup, draws, depth) -> Row:
     n = post.sample_stats["n_steps"].float()
     efficiency = float((n.mean(0) / n.max(0).values).mean())
     return Row(
-        "bayesdl NUTS",
+        "bayesdl NUTS (compiled)" if compile else "bayesdl NUTS",
         chains,
         seconds,
         int(grads),
@@ -147,7 +151,11 @@ def run_bayesdl(bnn, data, chains, warmup, draws, depth) -> Row:
         rhat,
         rmse,
         nll,
-        {"mean_tree_depth": round(mean_depth, 2), "lockstep_efficiency": round(efficiency, 3)},
+        {
+            "mean_tree_depth": round(mean_depth, 2),
+            "lockstep_efficiency": round(efficiency, 3),
+            "first_iteration_s": round(counter.first_done - start, 2),
+        },
     )
 
 
@@ -240,12 +248,21 @@ def run_numpyro(bnn, data, chains, warmup, draws, depth) -> Row | None:
 
 
 def gradient_cost(bnn: BNN, data, chains: int, repeats: int = 50) -> dict:
-    """Median microseconds of one vectorised gradient of log_joint, and of one leapfrog step."""
-    from bayesdl.inference.integrator import IntegratorState, leapfrog, value_and_grad
+    """Median microseconds of one vectorised gradient of log_joint (eager and compiled), and of
+    one eager leapfrog step."""
+    from bayesdl.inference.compilation import compile_step
+    from bayesdl.inference.integrator import (
+        IntegratorState,
+        functional_value_and_grad,
+        leapfrog,
+        value_and_grad,
+    )
     from bayesdl.inference.metric import Metric
 
     fn = bnn.log_joint_fn(data.x_train, data.y_train)
     potential = value_and_grad(fn)
+    compiled = compile_step(lambda theta, potential: potential(theta))
+    functional = functional_value_and_grad(fn)
     theta = bnn.init_theta(chains, seed=0)
     metric = Metric.identity(chains, theta.shape[1], False, theta)
     logp, grad = potential(theta)
@@ -265,9 +282,11 @@ def gradient_cost(bnn: BNN, data, chains: int, repeats: int = 50) -> dict:
 
     grad_us = timed(lambda: potential(theta))
     step_us = timed(lambda: leapfrog(state, eps, metric, potential))
+    compiled_us = timed(lambda: compiled(theta, functional))
     return {
         "chains": chains,
         "gradient_us": round(grad_us, 1),
+        "compiled_gradient_us": round(compiled_us, 1),
         "leapfrog_us": round(step_us, 1),
         "leapfrog_over_gradient": round(step_us / grad_us, 3),
     }
@@ -278,16 +297,19 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict:
     data = load(name)
     bnn = make_bnn(data.in_features)
     depth, warmup, draws = args.max_tree_depth, args.warmup, args.draws
-    costs = [gradient_cost(bnn, data, c) for c in args.chains] if "bayesdl" in args.samplers else []
+    ours = {"bayesdl", "bayesdl-compile"} & set(args.samplers)
+    costs = [gradient_cost(bnn, data, c) for c in args.chains] if ours else []
     results = []
 
     def record(row: dict) -> None:
         results.append(row)
         print(name, row, flush=True)
 
-    if "bayesdl" in args.samplers:
-        for c in args.chains:
-            record(run_bayesdl(bnn, data, c, warmup, draws, depth).as_dict())
+    for sampler in ("bayesdl", "bayesdl-compile"):
+        if sampler in args.samplers:
+            compile = sampler == "bayesdl-compile"
+            for c in args.chains:
+                record(run_bayesdl(bnn, data, c, warmup, draws, depth, compile).as_dict())
     if "numpyro" in args.samplers:
         for c in args.numpyro_chains:
             row = run_numpyro(bnn, data, c, warmup, draws, depth)

@@ -23,9 +23,10 @@ from torch import Tensor
 from bayesdl._checks import check_count, check_positive, check_probability
 
 from .base import Backend, Callback
+from .compilation import compile_step
 from .mcmc import Transition, run_mcmc
 from .pyro_engine import run_pyro_mcmc
-from .trajectory import hmc_transition
+from .trajectory import hmc_step, hmc_transition
 
 if TYPE_CHECKING:  # pragma: no cover
     from bayesdl import Posterior
@@ -50,6 +51,7 @@ class HamiltonianBackend(Backend):
         engine: str,
         step_size: float | None,
         jit: bool,
+        compile: bool,
     ) -> None:
         self.chains = check_count("chains", chains)
         self.warmup = check_count("warmup", warmup, minimum=0)
@@ -63,6 +65,11 @@ class HamiltonianBackend(Backend):
         self.engine = engine
         self.step_size = None if step_size is None else check_positive("step_size", step_size)
         self.jit = bool(jit)
+        if not isinstance(compile, bool):
+            raise TypeError(f"compile: expected a bool, got {type(compile).__name__}")
+        if compile and engine != "bayesdl":
+            raise ValueError("compile: only the bayesdl engine compiles (Pyro's has jit)")
+        self.compile = compile
 
     @abstractmethod
     def _transition(self) -> Transition:
@@ -73,7 +80,12 @@ class HamiltonianBackend(Backend):
         """One chain's Pyro kernel for these settings."""
 
     def _attrs(self) -> dict[str, Any]:
-        return {"inference": self.name, "engine": self.engine, "mass": self.mass}
+        return {
+            "inference": self.name,
+            "engine": self.engine,
+            "mass": self.mass,
+            "compile": int(self.compile),
+        }
 
     def fit(
         self,
@@ -144,6 +156,7 @@ class HamiltonianBackend(Backend):
             target_accept=self.target_accept,
             dense_mass=self.mass == "dense",
             step_size=self.step_size,
+            compile=self.compile,
             seed=seed,
             progress=progress,
             callbacks=callbacks,
@@ -207,6 +220,7 @@ class HamiltonianBackend(Backend):
             target_accept=self.target_accept,
             dense_mass=self.mass == "dense",
             step_size=self.step_size,
+            compile=self.compile,
             seed=seed,
             progress=progress,
             callbacks=callbacks,
@@ -279,8 +293,11 @@ class HMC(HamiltonianBackend):
         step_size: float | None = None,
         max_steps: int = 1024,
         jit: bool = True,
+        compile: bool = False,
     ) -> None:
-        super().__init__(chains, warmup, draws, target_accept, mass, engine, step_size, jit)
+        super().__init__(
+            chains, warmup, draws, target_accept, mass, engine, step_size, jit, compile
+        )
         if (num_steps is None) == (trajectory_length is None):
             raise ValueError("num_steps, trajectory_length: give exactly one of them")
         self.num_steps = None if num_steps is None else check_count("num_steps", num_steps)
@@ -292,13 +309,15 @@ class HMC(HamiltonianBackend):
         self.max_steps = check_count("max_steps", max_steps)
 
     def _transition(self) -> Transition:
+        step = compile_step(hmc_step) if self.compile else hmc_step
+
         def transition(state, step_size, metric, potential, rng):
             if self.num_steps is not None:
                 steps = torch.full_like(step_size, self.num_steps, dtype=torch.long)
             else:
                 steps = torch.ceil(self.trajectory_length / step_size).long()
                 steps = steps.clamp(1, self.max_steps)
-            return hmc_transition(state, step_size, metric, potential, rng, steps)
+            return hmc_transition(state, step_size, metric, potential, rng, steps, step=step)
 
         return transition
 

@@ -21,7 +21,14 @@ from torch import Tensor
 
 from .metric import Metric
 
-__all__ = ["IntegratorState", "Potential", "leapfrog", "value_and_grad", "where"]
+__all__ = [
+    "IntegratorState",
+    "Potential",
+    "functional_value_and_grad",
+    "leapfrog",
+    "value_and_grad",
+    "where",
+]
 
 #: ``theta (C, D) -> (log density (C,), gradient (C, D))``.
 Potential = Callable[[Tensor], tuple[Tensor, Tensor]]
@@ -49,6 +56,26 @@ def value_and_grad(log_density: Callable[[Tensor], Tensor]) -> Potential:
             value = log_density(theta)
             (grad,) = torch.autograd.grad(value.sum(), theta)
         return value.detach(), grad
+
+    return potential
+
+
+def functional_value_and_grad(log_density: Callable[[Tensor], Tensor]) -> Potential:
+    """As :func:`value_and_grad`, through :func:`torch.func.grad_and_value`.
+
+    Slower than autograd when run eagerly, but :func:`torch.compile` captures it whole (with
+    the backward pass), which it cannot do for ``torch.autograd.grad``; for compiled steps.
+    """
+
+    def summed(theta: Tensor) -> tuple[Tensor, Tensor]:
+        value = log_density(theta)
+        return value.sum(), value
+
+    grad_and_value = torch.func.grad_and_value(summed, has_aux=True)
+
+    def potential(theta: Tensor) -> tuple[Tensor, Tensor]:
+        grad, (_, value) = grad_and_value(theta)
+        return value, grad
 
     return potential
 

@@ -21,7 +21,7 @@ from bayesdl.posterior import Posterior
 
 from .adaptation import DualAveraging, Welford, find_step_size, mass_windows
 from .base import Callback, Driver, finish
-from .integrator import IntegratorState, value_and_grad
+from .integrator import IntegratorState, functional_value_and_grad, value_and_grad
 from .metric import Metric
 from .rng import ChainRNG
 from .trajectory import TransitionInfo
@@ -47,6 +47,7 @@ def run_mcmc(
     target_accept: float,
     dense_mass: bool,
     step_size: float | None,
+    compile: bool = False,
     seed: int | Sequence[int] | None,
     progress: bool,
     callbacks: Sequence[Callback],
@@ -61,12 +62,16 @@ def run_mcmc(
     step_size
         Initial step size; ``None`` finds one with Hoffman & Gelman's heuristic. With
         ``warmup=0`` it is used as is (no adaptation).
+    compile
+        The transition runs a compiled step (:mod:`.compilation`); its gradient is then taken
+        with :func:`torch.func` (:func:`.integrator.functional_value_and_grad`).
     seed
         One base seed, or one seed per chain (``ChainRNG.from_seed``).
     """
     chains, dim = init_theta.shape
     dtype, device = init_theta.dtype, init_theta.device
     potential = value_and_grad(log_density)
+    step_potential = functional_value_and_grad(log_density) if compile else potential
     log_density0, grad0 = potential(init_theta)
     bad = (~torch.isfinite(log_density0)).nonzero().flatten().tolist()
     if bad:
@@ -88,7 +93,7 @@ def run_mcmc(
     def step(stage: str, i: int) -> dict[str, Any]:
         nonlocal state, eps, metric, welford
         used_eps = eps
-        state, info = transition(state, eps, metric, potential, rng)
+        state, info = transition(state, eps, metric, step_potential, rng)
         if stage == "warmup":
             eps = adapter.update(info.acceptance_rate).to(dtype)
             if i in starts:

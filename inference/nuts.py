@@ -11,9 +11,10 @@ from torch import Tensor
 
 from bayesdl._checks import check_count
 
+from .compilation import compile_step
 from .hmc import HamiltonianBackend
 from .mcmc import Transition
-from .trajectory import nuts_transition
+from .trajectory import nuts_leaf, nuts_transition
 
 __all__ = ["NUTS"]
 
@@ -70,15 +71,21 @@ class NUTS(HamiltonianBackend):
         engine: str = "bayesdl",
         step_size: float | None = None,
         jit: bool = True,
+        compile: bool = False,
     ) -> None:
-        super().__init__(chains, warmup, draws, target_accept, mass, engine, step_size, jit)
+        super().__init__(
+            chains, warmup, draws, target_accept, mass, engine, step_size, jit, compile
+        )
         self.max_tree_depth = check_count("max_tree_depth", max_tree_depth)
 
     def _transition(self) -> Transition:
         depth = self.max_tree_depth
+        leaf = compile_step(nuts_leaf) if self.compile else nuts_leaf
 
         def transition(state, step_size, metric, potential, rng):
-            return nuts_transition(state, step_size, metric, potential, rng, max_tree_depth=depth)
+            return nuts_transition(
+                state, step_size, metric, potential, rng, max_tree_depth=depth, leaf=leaf
+            )
 
         return transition
 

@@ -32,7 +32,9 @@ masked) and accepts the end point with probability :math:`\min(1, e^{H_0 - H_L})
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -41,7 +43,13 @@ from .integrator import IntegratorState, Potential, leapfrog, where
 from .metric import Metric
 from .rng import ChainRNG
 
-__all__ = ["TransitionInfo", "hmc_transition", "nuts_transition"]
+__all__ = [
+    "TransitionInfo",
+    "hmc_step",
+    "hmc_transition",
+    "nuts_leaf",
+    "nuts_transition",
+]
 
 
 @dataclass(frozen=True)
@@ -66,6 +74,91 @@ def _is_turning(metric: Metric, p_start: Tensor, p_end: Tensor, rho: Tensor) -> 
     )
 
 
+class _Subtree(NamedTuple):
+    """The state of a subtree being built, and the transition's running statistics."""
+
+    edge: IntegratorState  # the leaf most recently added
+    building: Tensor  # (C,) chains still extending this subtree
+    log_weight: Tensor  # (C,) float64, log of the sum of the leaf weights
+    proposal: tuple[Tensor, Tensor, Tensor, Tensor]  # position, log density, grad, energy
+    rho: Tensor  # (C, D) sum of the leaves' momenta
+    ckpt_velocity: Tensor  # (K, C, D) velocity at the left end of each open block
+    ckpt_rho: Tensor  # (K, C, D) momentum sum before that leaf
+    accept_sum: Tensor  # (C,) float64
+    n_steps: Tensor  # (C,) long
+    diverging: Tensor  # (C,) bool
+
+
+def nuts_leaf(
+    sub: _Subtree,
+    signed_step: Tensor,
+    energy0: Tensor,
+    u_leaf: Tensor,
+    opens: Tensor,
+    closes: Tensor,
+    metric: Metric,
+    potential: Potential,
+    divergence_threshold: float,
+) -> _Subtree:
+    """Add one leaf to every chain's subtree: a leapfrog step and its bookkeeping.
+
+    The same tensor operations for every leaf (``opens`` and ``closes``, ``(K,)`` masks of the
+    checkpoint slots the leaf opens and closes, carry what depends on its index), so one
+    compiled graph serves the whole trajectory.
+    """
+    zero = torch.zeros_like(signed_step)
+    edge = leapfrog(sub.edge, torch.where(sub.building, signed_step, zero), metric, potential)
+    velocity = metric.velocity(edge.momentum)
+    energy = -edge.log_density.double() + 0.5 * (edge.momentum * velocity).sum(-1).double()
+    delta = energy - energy0
+    finite = torch.isfinite(delta)
+    log_w = torch.where(finite, -delta, -math.inf)
+    accept = torch.where(sub.building & finite, torch.exp(torch.clamp(-delta, max=0.0)), 0.0)
+    # progressive sampling within the subtree: the leaf replaces the proposal w.p. w / W
+    log_weight = torch.logaddexp(sub.log_weight, log_w)
+    take = u_leaf < torch.exp(log_w - log_weight)
+    proposal = _select(take, (edge.position, edge.log_density, edge.grad, energy), sub.proposal)
+    open_mask = opens[:, None, None]
+    ckpt_velocity = torch.where(open_mask, velocity, sub.ckpt_velocity)
+    ckpt_rho = torch.where(open_mask, sub.rho, sub.ckpt_rho)
+    rho = sub.rho + edge.momentum
+    block_rho = rho - ckpt_rho
+    turns = ((ckpt_velocity * block_rho).sum(-1) <= 0) | ((velocity * block_rho).sum(-1) <= 0)
+    turning = (turns & closes[:, None]).any(0)
+    div = ~(delta <= divergence_threshold)
+    return _Subtree(
+        edge=edge,
+        building=sub.building & ~(div | turning),
+        log_weight=log_weight,
+        proposal=proposal,
+        rho=rho,
+        ckpt_velocity=ckpt_velocity,
+        ckpt_rho=ckpt_rho,
+        accept_sum=sub.accept_sum + accept,
+        n_steps=sub.n_steps + sub.building.long(),
+        diverging=sub.diverging | (sub.building & div),
+    )
+
+
+def _slot_masks(max_tree_depth: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """For every leaf index ``n`` of a subtree, the checkpoint slots it opens and closes.
+
+    Even leaf ``n`` opens slot ``popcount(n)``; odd leaf ``n`` closes the blocks ending at it,
+    as many as its trailing one bits, in slots ``popcount(n >> 1)`` downwards.
+    """
+    leaves = 2 ** max(max_tree_depth - 1, 0)
+    opens = torch.zeros(leaves, max_tree_depth, dtype=torch.bool)
+    closes = torch.zeros_like(opens)
+    for n in range(leaves):
+        if n % 2 == 0:
+            opens[n, bin(n).count("1")] = True
+        else:
+            trailing_ones = (~n & (n + 1)).bit_length() - 1
+            top = bin(n >> 1).count("1")
+            closes[n, top - trailing_ones + 1 : top + 1] = True
+    return opens.to(device), closes.to(device)
+
+
 def nuts_transition(
     state: IntegratorState,
     step_size: Tensor,
@@ -74,6 +167,7 @@ def nuts_transition(
     rng: ChainRNG,
     max_tree_depth: int = 10,
     divergence_threshold: float = 1000.0,
+    leaf: Callable[..., _Subtree] | None = None,
 ) -> tuple[IntegratorState, TransitionInfo]:
     """One multinomial NUTS transition for every chain.
 
@@ -94,6 +188,8 @@ def nuts_transition(
         Maximum number of doublings.
     divergence_threshold
         Energy error above which a trajectory is divergent.
+    leaf
+        :func:`nuts_leaf` or a compiled version of it (the default is :func:`nuts_leaf`).
 
     Returns
     -------
@@ -105,6 +201,7 @@ def nuts_transition(
     A chain that has stopped keeps being integrated with step size zero, which leaves its
     state unchanged without masking every tensor; its leaves are never used.
     """
+    leaf = nuts_leaf if leaf is None else leaf
     chains, dim = state.position.shape
     device = state.position.device
     momentum = metric.sample_momentum(rng.normal(dim))
@@ -112,6 +209,7 @@ def nuts_transition(
     go_right = uniforms[:, :max_tree_depth] < 0.5
     u_merge = uniforms[:, max_tree_depth : 2 * max_tree_depth]
     u_leaf = uniforms[:, 2 * max_tree_depth :]
+    opens, closes = _slot_masks(max_tree_depth, device)
 
     start = IntegratorState(state.position, momentum, state.log_density, state.grad)
     energy0 = _energy(start, metric)
@@ -120,11 +218,20 @@ def nuts_transition(
     log_weight_tree = torch.zeros(chains, dtype=torch.float64, device=device)
     rho = momentum.clone()
     done = torch.zeros(chains, dtype=torch.bool, device=device)
-    diverging = torch.zeros_like(done)
     depth = torch.zeros(chains, dtype=torch.long, device=device)
-    n_steps = torch.zeros(chains, dtype=torch.long, device=device)
-    accept_sum = torch.zeros(chains, dtype=torch.float64, device=device)
-    leaf = 0  # column of the next leaf uniform
+    sub = _Subtree(
+        edge=start,
+        building=done,
+        log_weight=log_weight_tree,
+        proposal=proposal,
+        rho=rho,
+        ckpt_velocity=momentum.new_zeros(max_tree_depth, chains, dim),
+        ckpt_rho=momentum.new_zeros(max_tree_depth, chains, dim),
+        accept_sum=torch.zeros(chains, dtype=torch.float64, device=device),
+        n_steps=torch.zeros(chains, dtype=torch.long, device=device),
+        diverging=torch.zeros_like(done),
+    )
+    n_leaf = 0  # column of the next leaf uniform
 
     for j in range(max_tree_depth):
         active = ~done
@@ -133,72 +240,50 @@ def nuts_transition(
         depth = depth + active.long()
         forward = go_right[:, j]
         signed_step = torch.where(forward, step_size, -step_size)
-        edge = where(forward, right, left)
 
         # ---- build a subtree of 2^j leaves from the edge, leaf by leaf
-        building = active.clone()
-        sub_log_weight = torch.full((chains,), -math.inf, dtype=torch.float64, device=device)
-        sub_proposal = proposal
-        sub_rho = torch.zeros_like(rho)
-        ckpt_v = momentum.new_zeros(max(j, 1), chains, dim)  # velocity at a block's left end
-        ckpt_rho = momentum.new_zeros(max(j, 1), chains, dim)  # momentum sum before it
+        sub = sub._replace(
+            edge=where(forward, right, left),
+            building=active,
+            log_weight=torch.full_like(log_weight_tree, -math.inf),
+            proposal=proposal,
+            rho=torch.zeros_like(rho),
+        )
         for n in range(2**j):
-            zero = torch.zeros_like(signed_step)
-            edge = leapfrog(edge, torch.where(building, signed_step, zero), metric, potential)
-            velocity = metric.velocity(edge.momentum)
-            energy = -edge.log_density.double() + 0.5 * (edge.momentum * velocity).sum(-1).double()
-            delta = energy - energy0
-            finite = torch.isfinite(delta)
-            log_w = torch.where(finite, -delta, -math.inf)
-            accept = torch.where(building & finite, torch.exp(torch.clamp(-delta, max=0.0)), 0.0)
-            accept_sum = accept_sum + accept
-            n_steps = n_steps + building.long()
-            # progressive sampling within the subtree: leaf n replaces the proposal w.p. w_n / W
-            sub_log_weight_new = torch.logaddexp(sub_log_weight, log_w)
-            take = u_leaf[:, leaf] < torch.exp(log_w - sub_log_weight_new)
-            leaf += 1
-            sub_proposal = _select(
-                take, (edge.position, edge.log_density, edge.grad, energy), sub_proposal
+            sub = leaf(
+                sub,
+                signed_step,
+                energy0,
+                u_leaf[:, n_leaf],
+                opens[n],
+                closes[n],
+                metric,
+                potential,
+                divergence_threshold,
             )
-            sub_log_weight = sub_log_weight_new
-            turning = torch.zeros_like(building)
-            if n % 2 == 0:  # a block may start here: checkpoint slot popcount(n) < j
-                slot = bin(n).count("1")
-                ckpt_v[slot] = velocity
-                ckpt_rho[slot] = sub_rho
-            sub_rho = sub_rho + edge.momentum
-            if n % 2 == 1:  # close the blocks ending here, largest first
-                trailing_ones = (~n & (n + 1)).bit_length() - 1
-                top = bin(n >> 1).count("1")
-                for slot in range(top, top - trailing_ones, -1):
-                    block_rho = sub_rho - ckpt_rho[slot]
-                    turning = turning | ((ckpt_v[slot] * block_rho).sum(-1) <= 0)
-                    turning = turning | ((velocity * block_rho).sum(-1) <= 0)
-            div = ~(delta <= divergence_threshold)
-            diverging = diverging | (building & div)
-            building = building & ~(div | turning)
-            if not bool(building.any()):
+            n_leaf += 1
+            if not bool(sub.building.any()):
                 break
 
         # ---- join the subtree to the tree (chains whose subtree stopped early are done)
-        valid = building
+        valid = sub.building
         done = done | (active & ~valid)
-        take = valid & (u_merge[:, j] < torch.exp(sub_log_weight - log_weight_tree))
-        proposal = _select(take, sub_proposal, proposal)
+        take = valid & (u_merge[:, j] < torch.exp(sub.log_weight - log_weight_tree))
+        proposal = _select(take, sub.proposal, proposal)
         log_weight_tree = torch.where(
-            valid, torch.logaddexp(log_weight_tree, sub_log_weight), log_weight_tree
+            valid, torch.logaddexp(log_weight_tree, sub.log_weight), log_weight_tree
         )
-        rho = torch.where(valid.unsqueeze(-1), rho + sub_rho, rho)
-        right = where(valid & forward, edge, right)
-        left = where(valid & ~forward, edge, left)
+        rho = torch.where(valid.unsqueeze(-1), rho + sub.rho, rho)
+        right = where(valid & forward, sub.edge, right)
+        left = where(valid & ~forward, sub.edge, left)
         done = done | (valid & _is_turning(metric, left.momentum, right.momentum, rho))
 
     position, log_density, grad, energy = proposal
     info = TransitionInfo(
-        acceptance_rate=accept_sum / n_steps.clamp(min=1),
-        n_steps=n_steps,
+        acceptance_rate=sub.accept_sum / sub.n_steps.clamp(min=1),
+        n_steps=sub.n_steps,
         tree_depth=depth,
-        diverging=diverging,
+        diverging=sub.diverging,
         energy=energy,
     )
     return IntegratorState(position, torch.zeros_like(position), log_density, grad), info
@@ -212,6 +297,21 @@ def _select(mask: Tensor, new: tuple[Tensor, ...], old: tuple[Tensor, ...]) -> t
     )
 
 
+def hmc_step(
+    state: IntegratorState,
+    step_size: Tensor,
+    moving: Tensor,
+    energy0: Tensor,
+    metric: Metric,
+    potential: Potential,
+    divergence_threshold: float,
+) -> tuple[IntegratorState, Tensor]:
+    """One leapfrog step of the chains still ``moving`` (the others take a step of size zero,
+    which leaves them where they are); also which of them diverge."""
+    state = leapfrog(state, torch.where(moving, step_size, 0.0), metric, potential)
+    return state, moving & ~(_energy(state, metric) - energy0 <= divergence_threshold)
+
+
 def hmc_transition(
     state: IntegratorState,
     step_size: Tensor,
@@ -220,11 +320,14 @@ def hmc_transition(
     rng: ChainRNG,
     num_steps: Tensor,
     divergence_threshold: float = 1000.0,
+    step: Callable[..., tuple[IntegratorState, Tensor]] | None = None,
 ) -> tuple[IntegratorState, TransitionInfo]:
     """One HMC transition with ``num_steps`` ``(C,)`` leapfrog steps per chain.
 
-    Takes one momentum and one uniform from each chain's stream.
+    Takes one momentum and one uniform from each chain's stream. ``step`` is
+    :func:`hmc_step` (the default) or a compiled version of it.
     """
+    step = hmc_step if step is None else step
     momentum = metric.sample_momentum(rng.normal(state.position.shape[-1]))
     u = rng.uniform(1)[:, 0]
     start = IntegratorState(state.position, momentum, state.log_density, state.grad)
@@ -234,9 +337,9 @@ def hmc_transition(
     diverging = torch.zeros_like(moving)
     for k in range(int(num_steps.max())):
         moving = moving & (k < num_steps)
-        # a chain that has finished (or diverged) takes steps of size zero: it stays put
-        current = leapfrog(current, torch.where(moving, step_size, 0.0), metric, potential)
-        div = moving & ~(_energy(current, metric) - energy0 <= divergence_threshold)
+        current, div = step(
+            current, step_size, moving, energy0, metric, potential, divergence_threshold
+        )
         diverging = diverging | div
         moving = moving & ~div
     delta = _energy(current, metric) - energy0

@@ -25,6 +25,7 @@ Jacobian term is never tempered: it is the change of variables of the tempered d
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -193,7 +194,7 @@ class BNN:
 
     def _fixed(self) -> dict[str, Tensor]:
         """Parameters kept fixed and buffers: the network's tensors that are not sample sites."""
-        fixed = {n: self.net.get_parameter(n).data for n in self._fixed_names}
+        fixed = {n: _template(self.net.get_parameter(n)) for n in self._fixed_names}
         fixed.update({n: self.net.get_buffer(n) for n in self._buffer_names})
         return fixed
 
@@ -209,7 +210,7 @@ class BNN:
         """
         values: dict[str, Tensor] = {}
         for w in self._weights:
-            param = self.net.get_parameter(w.name).data
+            param = _template(self.net.get_parameter(w.name))
             if not w.hierarchical:
                 values[w.name] = visit(w.name, self._fixed_prior(w, param), param.shape)
                 continue
@@ -242,11 +243,13 @@ class BNN:
         """The prior of a parameter without latents, built once per dtype and device.
 
         Priors are settings, so the distribution never changes; it is built without argument
-        validation (the values it scores come from samplers, not from users).
+        validation (the values it scores come from samplers, not from users), and outside any
+        :mod:`torch.func` transform the call may be under, so that no transform's wrapped
+        tensors outlive it in the cache.
         """
         key = (w.name, param.dtype, param.device)
         if key not in self._priors:
-            with pyro.validation_enabled(False):
+            with pyro.validation_enabled(False), torch._C._DisableFuncTorch():
                 module = self.net.get_submodule(w.module)
                 self._priors[key] = w.prior.distribution(w.name, param, module, {})
         return self._priors[key]
@@ -254,11 +257,15 @@ class BNN:
     def _gaussian_block(self) -> _GaussianBlock:
         """The fixed-Normal-prior sites as one :class:`_GaussianBlock` (built once)."""
         key = ("gaussian block", self.dtype, self.device)
-        if key in self._priors:
-            return self._priors[key]
+        if key not in self._priors:
+            with torch._C._DisableFuncTorch():  # as for _fixed_prior
+                self._priors[key] = self._build_gaussian_block()
+        return self._priors[key]
+
+    def _build_gaussian_block(self) -> _GaussianBlock:
         names, columns, locs, scales = [], [], [], []
         for w in self._weights:
-            param = self.net.get_parameter(w.name).data
+            param = _template(self.net.get_parameter(w.name))
             d = None if w.hierarchical else self._fixed_prior(w, param)
             if type(d) is not dist.Normal:
                 continue
@@ -270,15 +277,13 @@ class BNN:
         empty = torch.zeros(0, dtype=self.dtype, device=self.device)
         column = torch.cat([empty.long(), *columns])
         scale = torch.cat([empty, *scales])
-        block = _GaussianBlock(
+        return _GaussianBlock(
             names=frozenset(names),
             columns=None if column.numel() == self.num_params else column,
             loc=torch.cat([empty, *locs]),
             inv_scale=scale.reciprocal(),
             const=float(-scale.log().sum() - 0.5 * scale.numel() * math.log(2 * math.pi)),
         )
-        self._priors[key] = block
-        return block
 
     def _likelihood_latents(self, values: Mapping[str, Tensor]) -> dict[str, Tensor]:
         return {s: values[s] for s in self.likelihood.latent_sites()}
@@ -477,7 +482,7 @@ class BNN:
         posterior_tempering = self.tempering == "posterior"
 
         def log_joint(theta: Tensor) -> Tensor:
-            with pyro.validation_enabled(False):
+            with _unvalidated():
                 values = self.unravel(theta)
                 lp_prior = self._log_prior(theta, values)
                 f = self._forward(values, x)
@@ -541,6 +546,20 @@ class BNN:
             f"likelihood={self.likelihood!r}, temperature={self.temperature}, "
             f"tempering={self.tempering!r})"
         )
+
+
+def _template(param: Tensor) -> Tensor:
+    """A parameter's value as a constant: ``.data``, which a TorchScript trace (Pyro's jit)
+    holds as a constant, or under :func:`torch.compile`, which cannot trace ``.data``,
+    ``detach()``."""
+    return param.detach() if torch.compiler.is_compiling() else param.data
+
+
+def _unvalidated() -> contextlib.AbstractContextManager:
+    """Pyro's argument validation off; under :func:`torch.compile` the caller has done it."""
+    if torch.compiler.is_compiling():
+        return contextlib.nullcontext()
+    return pyro.validation_enabled(False)
 
 
 def _to_shape(d: dist.Distribution, shape: torch.Size) -> dist.Distribution:

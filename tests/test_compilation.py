@@ -1,0 +1,140 @@
+"""``compile=True``: the samplers' compiled steps do what the eager ones do.
+
+A compiled step fuses and reorders floating-point operations, so compiled and eager chains
+agree to rounding only while no accept/reject decision falls within rounding of its threshold;
+the comparisons run a few transitions in float64 at a fixed step size, where that holds.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from bayesdl import likelihoods, priors
+from bayesdl.inference import HMC, NUTS
+from bayesdl.inference.compilation import compile_step
+from bayesdl.inference.integrator import (
+    IntegratorState,
+    functional_value_and_grad,
+    value_and_grad,
+)
+from bayesdl.inference.metric import Metric
+from bayesdl.inference.rng import ChainRNG
+from bayesdl.inference.trajectory import hmc_step, hmc_transition, nuts_leaf, nuts_transition
+from bayesdl.models import BNN
+
+
+def _correlated_gaussian(dim: int = 4):
+    a = torch.randn(dim, dim, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    precision = torch.linalg.inv(a @ a.T + 0.5 * torch.eye(dim, dtype=torch.float64))
+    return lambda theta: -0.5 * ((theta @ precision) * theta).sum(-1)
+
+
+def _start(log_density, chains: int, dim: int) -> tuple[IntegratorState, Metric]:
+    theta = torch.randn(
+        chains, dim, generator=torch.Generator().manual_seed(5), dtype=torch.float64
+    )
+    value, grad = value_and_grad(log_density)(theta)
+    inverse_mass = torch.linspace(0.5, 2.0, chains * dim, dtype=torch.float64)
+    metric = Metric(inverse_mass.reshape(chains, dim))
+    return IntegratorState(theta, torch.zeros_like(theta), value, grad), metric
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # a fallback to eager would hide the test
+def test_compiled_nuts_and_hmc_transitions_match_eager_ones():
+    log_density = _correlated_gaussian()
+    eager_potential = value_and_grad(log_density)
+    compiled_potential = functional_value_and_grad(log_density)
+    step_size = torch.tensor([0.3, 0.2, 0.25], dtype=torch.float64)
+    leaf = compile_step(nuts_leaf)
+    step = compile_step(hmc_step)
+    for name in ("nuts", "hmc"):
+        eager, metric = _start(log_density, 3, 4)
+        compiled = eager
+        rng_eager = ChainRNG([1, 2, 3], dtype=torch.float64)
+        rng_compiled = ChainRNG([1, 2, 3], dtype=torch.float64)
+        for _ in range(4):
+            if name == "nuts":
+                eager, info_e = nuts_transition(
+                    eager, step_size, metric, eager_potential, rng_eager, max_tree_depth=5
+                )
+                compiled, info_c = nuts_transition(
+                    compiled,
+                    step_size,
+                    metric,
+                    compiled_potential,
+                    rng_compiled,
+                    max_tree_depth=5,
+                    leaf=leaf,
+                )
+            else:
+                steps = torch.tensor([3, 5, 4])
+                eager, info_e = hmc_transition(
+                    eager, step_size, metric, eager_potential, rng_eager, steps
+                )
+                compiled, info_c = hmc_transition(
+                    compiled, step_size, metric, compiled_potential, rng_compiled, steps, step=step
+                )
+            torch.testing.assert_close(compiled.position, eager.position, rtol=1e-10, atol=1e-10)
+            torch.testing.assert_close(compiled.grad, eager.grad, rtol=1e-10, atol=1e-10)
+            assert torch.equal(info_c.n_steps, info_e.n_steps)
+            assert torch.equal(info_c.tree_depth, info_e.tree_depth)
+        assert int(info_e.n_steps.max()) > 1  # the trees grew
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+def test_compiled_nuts_on_a_bnn_matches_eager_draws():
+    """The BNN's log joint (vmap over the network, priors, likelihood) compiles whole."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(2, 6), nn.Tanh(), nn.Linear(6, 1)).double()
+    bnn = BNN(net, priors.Gaussian(1.0), likelihoods.Gaussian(scale=0.3))
+    x = torch.randn(25, 2, dtype=torch.float64)
+    y = torch.sin(x[:, 0]) + 0.1 * torch.randn(25, dtype=torch.float64)
+    draws = []
+    for compile in (False, True):
+        nuts = NUTS(chains=2, warmup=0, draws=3, step_size=0.05, max_tree_depth=4, compile=compile)
+        draws.append(nuts.fit(bnn, x, y, seed=0, progress=False))
+    eager, compiled = draws
+    torch.testing.assert_close(compiled.theta, eager.theta, rtol=1e-9, atol=1e-9)
+    assert torch.equal(compiled.sample_stats["n_steps"], eager.sample_stats["n_steps"])
+    assert compiled.attrs["compile"] == 1
+
+
+def test_a_step_that_cannot_compile_runs_eagerly_after_a_warning(monkeypatch):
+    def broken_compile(fn, **kwargs):
+        def fail(*args):
+            raise RuntimeError("no C++ compiler\nsecond line")
+
+        return fail
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    log_density = _correlated_gaussian()
+    init = torch.zeros(2, 4, dtype=torch.float64)
+    eager = NUTS(chains=2, warmup=10, draws=5).sample(log_density, init, seed=1, progress=False)
+    with pytest.warns(RuntimeWarning, match=r"could not compile nuts_leaf \(RuntimeError: no C"):
+        fallback = NUTS(chains=2, warmup=10, draws=5, compile=True).sample(
+            log_density, init, seed=1, progress=False
+        )
+    # eagerly, but with the torch.func gradient: equal up to rounding
+    torch.testing.assert_close(fallback.theta, eager.theta, rtol=1e-8, atol=1e-8)
+
+
+def test_compile_checks_its_argument():
+    with pytest.raises(TypeError, match="compile"):
+        NUTS(compile="yes")
+    with pytest.raises(ValueError, match="compile"):
+        HMC(num_steps=3, engine="pyro", compile=True)
+
+
+def test_log_joint_first_called_under_torch_func_keeps_working_eagerly():
+    """Caches built inside a torch.func transform must not keep its wrapped tensors."""
+    net = nn.Sequential(nn.Linear(2, 3), nn.Tanh(), nn.Linear(3, 1)).double()
+    bnn = BNN(net, priors.Gaussian(1.0), likelihoods.Gaussian(scale=0.3))
+    x, y = torch.randn(5, 2, dtype=torch.float64), torch.randn(5, dtype=torch.float64)
+    log_joint = bnn.log_joint_fn(x, y)
+    theta = bnn.init_theta(3, seed=0)
+    grad = torch.func.grad(lambda t: log_joint(t).sum())(theta)
+    value, eager_grad = value_and_grad(log_joint)(theta)
+    torch.testing.assert_close(grad, eager_grad)
+    torch.testing.assert_close(value, bnn.log_joint(theta, x, y))
