@@ -79,6 +79,11 @@ class HamiltonianBackend(Backend):
     def _pyro_kernel(self, model: Callable[..., Any], init_values: dict[str, Tensor]) -> Any:
         """One chain's Pyro kernel for these settings."""
 
+    def _desc(self) -> str:
+        """The progress bar's label, e.g. ``NUTS (bayesdl, compiled, 4 chains)``."""
+        engine = f"{self.engine}, compiled" if self.compile else self.engine
+        return f"{self.name.upper()} ({engine}, {self.chains} chains)"
+
     def _attrs(self) -> dict[str, Any]:
         return {
             "inference": self.name,
@@ -128,7 +133,7 @@ class HamiltonianBackend(Backend):
             init_theta, bnn.num_params, lambda: bnn.init_theta(self.chains, _base_seed(seed))
         )
         init_theta = init_theta.to(dtype=bnn.dtype, device=bnn.device)
-        desc = f"{self.name.upper()} ({self.engine}, {self.chains} chains)"
+        desc = self._desc()
         if self.engine == "pyro":
             if seed is not None and not isinstance(seed, int):
                 raise ValueError("seed: the pyro engine takes one integer seed")
@@ -224,7 +229,7 @@ class HamiltonianBackend(Backend):
             seed=seed,
             progress=progress,
             callbacks=callbacks,
-            desc=f"{self.name.upper()} ({self.chains} chains)",
+            desc=self._desc(),
             attrs=self._attrs(),
         )
 
@@ -276,6 +281,9 @@ class HMC(HamiltonianBackend):
         Cap on the number of steps per transition when ``trajectory_length`` is given.
     jit
         Compile Pyro's potential (engine ``"pyro"`` only).
+    compile
+        Capture each leapfrog step, gradient included, in one :func:`torch.compile` graph
+        (bayesdl engine only); see :class:`~.nuts.NUTS`.
     """
 
     name = "hmc"

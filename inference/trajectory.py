@@ -23,7 +23,10 @@ are the even leaves ``a = n - 2^m + 1``, and the momentum and running momentum s
 ``a`` are kept in checkpoint slot ``popcount(a)``: leaves whose blocks are still open never
 share a slot, so ``max_tree_depth`` slots suffice (the same bookkeeping as NumPyro's iterative
 NUTS). A chain that stops is masked: its state no longer changes while the others continue,
-and the transition ends when every chain has stopped.
+and the transition ends when every chain has stopped. One leaf is one call of
+:func:`nuts_leaf`, a pure function whose tensors keep their shapes from leaf to leaf (all
+``max_tree_depth`` slots are checked, under masks of the slots the leaf opens and closes), so
+that ``compile=True`` captures it in one graph (:mod:`.compilation`).
 
 **HMC** runs a fixed number of leapfrog steps per chain (chains with fewer steps are
 masked) and accepts the end point with probability :math:`\min(1, e^{H_0 - H_L})`.
@@ -102,9 +105,22 @@ def nuts_leaf(
 ) -> _Subtree:
     """Add one leaf to every chain's subtree: a leapfrog step and its bookkeeping.
 
-    The same tensor operations for every leaf (``opens`` and ``closes``, ``(K,)`` masks of the
-    checkpoint slots the leaf opens and closes, carry what depends on its index), so one
-    compiled graph serves the whole trajectory.
+    Parameters
+    ----------
+    sub
+        The subtree so far.
+    signed_step
+        ``(C,)`` step sizes, negative for chains integrating backwards.
+    energy0
+        ``(C,)`` energy at the start of the transition.
+    u_leaf
+        ``(C,)`` uniforms of the progressive sampling at this leaf.
+    opens, closes
+        ``(K,)`` masks of the checkpoint slots that this leaf opens and closes (everything
+        that depends on the leaf's index: the operations are the same for every leaf, so one
+        compiled graph serves the whole trajectory).
+    metric, potential, divergence_threshold
+        As in :func:`nuts_transition`.
     """
     zero = torch.zeros_like(signed_step)
     edge = leapfrog(sub.edge, torch.where(sub.building, signed_step, zero), metric, potential)

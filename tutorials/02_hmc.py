@@ -87,13 +87,18 @@ print(bnn)
 # per step for the four of them. A chain whose trajectory has stopped waits, masked, for the
 # others; `lockstep efficiency` below is the mean tree size over the largest tree of each
 # iteration, the share of that work that was not wasted.
+#
+# `compile=True` hands each leaf of the trajectory (the leapfrog step with its gradient and the
+# tree's bookkeeping) to `torch.compile`: the first iteration takes some seconds longer, and
+# every leaf after it runs several times faster than eagerly (`benchmarks/RESULTS.md`). The
+# smoke run skips it, because for a few draws compiling costs more than it saves.
 
 # %%
 nuts_settings = (
     dict(chains=4, warmup=8, draws=8) if SMOKE else dict(chains=4, warmup=300, draws=300)
 )
 start = time.perf_counter()
-post_nuts = NUTS(**nuts_settings, max_tree_depth=4 if SMOKE else 8).fit(
+post_nuts = NUTS(**nuts_settings, max_tree_depth=4 if SMOKE else 8, compile=not SMOKE).fit(
     bnn, data.x_train, data.y_train, seed=0
 )
 seconds_nuts = time.perf_counter() - start
