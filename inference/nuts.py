@@ -54,7 +54,7 @@ class NUTS(HamiltonianBackend):
     compile
         Capture each leaf of the trajectory (leapfrog step, gradient and tree bookkeeping) in
         one :func:`torch.compile` graph (bayesdl engine only). Compiling takes 10-30 s once per
-        run; then a leaf costs about the compiled gradient, 2.5-6x less than eagerly on a CPU
+        run; after that a leaf takes 2-4x less time than eagerly on a CPU
         (``benchmarks/RESULTS.md``). Worth it for runs longer than a minute. The log density
         must be traceable by :func:`torch.func` (BNNs are); if compilation fails, the run
         goes on eagerly after a ``RuntimeWarning``.

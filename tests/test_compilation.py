@@ -7,8 +7,12 @@ the comparisons run a few transitions in float64 at a fixed step size, where tha
 
 from __future__ import annotations
 
+import os
+import shutil
+
 import pytest
 import torch
+from statistical.blr import check_gaussian_draws, linear_regression
 from torch import nn
 
 from bayesdl import likelihoods, priors
@@ -23,6 +27,12 @@ from bayesdl.inference.metric import Metric
 from bayesdl.inference.rng import ChainRNG
 from bayesdl.inference.trajectory import hmc_step, hmc_transition, nuts_leaf, nuts_transition
 from bayesdl.models import BNN
+
+#: torch.compile's CPU backend builds C++; without a compiler it falls back (tested below).
+needs_compiler = pytest.mark.skipif(
+    not any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "c++", "clang++")),
+    reason="torch.compile needs a C++ compiler on the CPU",
+)
 
 
 def _correlated_gaussian(dim: int = 4):
@@ -41,6 +51,7 @@ def _start(log_density, chains: int, dim: int) -> tuple[IntegratorState, Metric]
     return IntegratorState(theta, torch.zeros_like(theta), value, grad), metric
 
 
+@needs_compiler
 @pytest.mark.filterwarnings("error::RuntimeWarning")  # a fallback to eager would hide the test
 def test_compiled_nuts_and_hmc_transitions_match_eager_ones():
     log_density = _correlated_gaussian()
@@ -83,6 +94,7 @@ def test_compiled_nuts_and_hmc_transitions_match_eager_ones():
         assert int(info_e.n_steps.max()) > 1  # the trees grew
 
 
+@needs_compiler
 @pytest.mark.filterwarnings("error::RuntimeWarning")
 def test_compiled_nuts_on_a_bnn_matches_eager_draws():
     """The BNN's log joint (vmap over the network, priors, likelihood) compiles whole."""
@@ -138,3 +150,16 @@ def test_log_joint_first_called_under_torch_func_keeps_working_eagerly():
     value, eager_grad = value_and_grad(log_joint)(theta)
     torch.testing.assert_close(grad, eager_grad)
     torch.testing.assert_close(value, bnn.log_joint(theta, x, y))
+
+
+@pytest.mark.slow
+@needs_compiler
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+@pytest.mark.parametrize("mass", ["diag", "dense"])
+def test_compiled_nuts_recovers_the_linear_regression_posterior(mass, seed):
+    """The closed-form posterior, as for the eager engine (tests/statistical/test_hmc_nuts.py)."""
+    problem = linear_regression(seed=seed)
+    post = NUTS(chains=4, warmup=300, draws=400, mass=mass, compile=True).fit(
+        problem.bnn, problem.x, problem.y, seed=seed, progress=False
+    )
+    check_gaussian_draws(post.theta, problem.mean, problem.precision, z_max=4.0)

@@ -85,17 +85,6 @@ def test_nuts_recovers_the_linear_regression_posterior(mass, seed):
     check_gaussian_draws(post.theta, problem.mean, problem.precision, z_max=Z_MAX)
 
 
-@pytest.mark.slow
-@pytest.mark.filterwarnings("error::RuntimeWarning")  # no silent fallback to eager
-@pytest.mark.parametrize("mass", ["diag", "dense"])
-def test_compiled_nuts_recovers_the_linear_regression_posterior(mass, seed):
-    problem = linear_regression(seed=seed)
-    post = NUTS(chains=4, warmup=300, draws=400, mass=mass, compile=True).fit(
-        problem.bnn, problem.x, problem.y, seed=seed, progress=False
-    )
-    check_gaussian_draws(post.theta, problem.mean, problem.precision, z_max=Z_MAX)
-
-
 def test_divergences_are_detected_on_a_funnel(seed):
     """Neal's funnel: v ~ N(0, 3^2), x_i | v ~ N(0, e^v); its neck defeats a fixed step size."""
 
