@@ -39,25 +39,26 @@ def compile_step(fn: Callable[..., Any]) -> Callable[..., Any]:
         fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__
     )
     compiled = torch.compile(fresh, dynamic=False)
-    current: list[Callable[..., Any]] = []
+    runner: Callable[..., Any] | None = None  # the compiled step once it works, else fn
 
     def step(*args: Any) -> Any:
+        nonlocal runner
         with pyro.validation_enabled(False):
-            if current:
-                return current[0](*args)
+            if runner is not None:
+                return runner(*args)
             try:
                 out = compiled(*args)
             except Exception as err:  # any failure of the compiler
+                first_line = (str(err).splitlines() or [""])[0]
                 warnings.warn(
                     f"compile=True: torch.compile could not compile {fn.__name__} "
-                    f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
-                    "running it eagerly",
+                    f"({type(err).__name__}: {first_line}); running it eagerly",
                     RuntimeWarning,
                     stacklevel=2,
                 )
-                current.append(fn)
+                runner = fn
                 return fn(*args)
-            current.append(compiled)
+            runner = compiled
             return out
 
     return step

@@ -34,6 +34,7 @@ masked) and accepts the end point with probability :math:`\min(1, e^{H_0 - H_L})
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -156,11 +157,13 @@ def nuts_leaf(
     )
 
 
+@functools.cache
 def _slot_masks(max_tree_depth: int, device: torch.device) -> tuple[Tensor, Tensor]:
     """For every leaf index ``n`` of a subtree, the checkpoint slots it opens and closes.
 
     Even leaf ``n`` opens slot ``popcount(n)``; odd leaf ``n`` closes the blocks ending at it,
-    as many as its trailing one bits, in slots ``popcount(n >> 1)`` downwards.
+    as many as its trailing one bits, in slots ``popcount(n >> 1)`` downwards. Built once per
+    depth and device (read-only): building them takes milliseconds, a whole small transition.
     """
     leaves = 2 ** max(max_tree_depth - 1, 0)
     opens = torch.zeros(leaves, max_tree_depth, dtype=torch.bool)
@@ -183,7 +186,7 @@ def nuts_transition(
     rng: ChainRNG,
     max_tree_depth: int = 10,
     divergence_threshold: float = 1000.0,
-    leaf: Callable[..., _Subtree] | None = None,
+    leaf: Callable[..., _Subtree] = nuts_leaf,
 ) -> tuple[IntegratorState, TransitionInfo]:
     """One multinomial NUTS transition for every chain.
 
@@ -205,7 +208,7 @@ def nuts_transition(
     divergence_threshold
         Energy error above which a trajectory is divergent.
     leaf
-        :func:`nuts_leaf` or a compiled version of it (the default is :func:`nuts_leaf`).
+        :func:`nuts_leaf` or a compiled version of it.
 
     Returns
     -------
@@ -217,7 +220,6 @@ def nuts_transition(
     A chain that has stopped keeps being integrated with step size zero, which leaves its
     state unchanged without masking every tensor; its leaves are never used.
     """
-    leaf = nuts_leaf if leaf is None else leaf
     chains, dim = state.position.shape
     device = state.position.device
     momentum = metric.sample_momentum(rng.normal(dim))
@@ -235,6 +237,7 @@ def nuts_transition(
     rho = momentum.clone()
     done = torch.zeros(chains, dtype=torch.bool, device=device)
     depth = torch.zeros(chains, dtype=torch.long, device=device)
+    # the statistics and checkpoint buffers carry over; the rest is set for each subtree
     sub = _Subtree(
         edge=start,
         building=done,
@@ -336,14 +339,13 @@ def hmc_transition(
     rng: ChainRNG,
     num_steps: Tensor,
     divergence_threshold: float = 1000.0,
-    step: Callable[..., tuple[IntegratorState, Tensor]] | None = None,
+    step: Callable[..., tuple[IntegratorState, Tensor]] = hmc_step,
 ) -> tuple[IntegratorState, TransitionInfo]:
     """One HMC transition with ``num_steps`` ``(C,)`` leapfrog steps per chain.
 
     Takes one momentum and one uniform from each chain's stream. ``step`` is
-    :func:`hmc_step` (the default) or a compiled version of it.
+    :func:`hmc_step` or a compiled version of it.
     """
-    step = hmc_step if step is None else step
     momentum = metric.sample_momentum(rng.normal(state.position.shape[-1]))
     u = rng.uniform(1)[:, 0]
     start = IntegratorState(state.position, momentum, state.log_density, state.grad)
