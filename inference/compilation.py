@@ -3,19 +3,27 @@
 Eager PyTorch pays a fixed cost per tensor operation (dispatch on the CPU, a kernel launch on a
 GPU), and one NUTS leaf is a leapfrog step, a gradient and some thirty small operations of
 bookkeeping. :func:`compile_step` hands such a step, gradient included, to
-:func:`torch.compile`, which fuses it into a few kernels. The step must be a pure function of
-tensors whose shapes do not change during a run (the samplers' leaves are written that way),
-so it compiles once per run.
+:func:`torch.compile`, which fuses it into a few kernels. The step must be a function of
+tensors (it may write into them in place) whose shapes do not change during a run (the
+samplers' leaves are written that way), so it compiles once per run.
 
 Compiling costs seconds to a minute, once per run, and pays off on long runs and on many
 chains. Each call of :func:`compile_step` compiles afresh: runs with other data, temperatures
 or models never fill up :mod:`torch._dynamo`'s per-function cache (whose overflow would run
 the step eagerly, without a word). When compilation fails (no C++ compiler, an operation that
 cannot be captured), the step runs eagerly after a warning that says why.
+
+Before each call of a compiled function, :mod:`torch._dynamo` checks its *guards* (for a BNN
+some two thousand: every attribute of the network, prior and likelihood that the step reads)
+to decide whether the graph still applies, which takes about as long as the rest of a 4-chain
+NUTS leaf. Within a sampler's run they cannot fail: the step's inputs keep their shapes, dtypes
+and devices, and the log density stays the same function (as MCMC requires). The samplers
+therefore run their transitions inside :func:`skip_guard_checks`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import types
 import warnings
 from collections.abc import Callable
@@ -24,30 +32,60 @@ from typing import Any
 import pyro
 import torch
 
-__all__ = ["compile_step"]
+__all__ = ["compile_step", "skip_guard_checks"]
+
+#: ``tanh(x) = 2 / (1 + exp(-2x)) - 1`` in the CPU kernels, not Sleef's tanh: the gradient of a
+#: tanh network takes a third less time, for an absolute error of a few units in the last place
+#: (a relative one near ``x = 0``, where it does not matter to a log density).
+_INDUCTOR_OPTIONS = {"cpp.use_decompose_tanh": True}
+
+#: Whether :func:`skip_guard_checks` skips them (the tests turn it off to check, with
+#: recompilation made an error, that no step of a whole run ever needs a new graph).
+SKIP_GUARDS = True
+
+
+def skip_guard_checks() -> contextlib.AbstractContextManager:
+    """Run compiled steps without re-checking dynamo's guards (see the module docstring).
+
+    Only around calls of steps from :func:`compile_step` whose inputs keep their types, shapes,
+    dtypes and devices, and whose log density does not read Python state that changes (a
+    callback that edits an attribute the log density reads would go unnoticed).
+    """
+    if not SKIP_GUARDS:
+        return contextlib.nullcontext()
+    return torch.compiler.set_stance(skip_guard_eval_unsafe=True)
 
 
 def compile_step(fn: Callable[..., Any]) -> Callable[..., Any]:
     """``fn`` compiled with :func:`torch.compile` (static shapes), falling back to ``fn``.
 
     Pyro's argument validation is turned off around each call: the samplers' values need no
-    checking and validation cannot be captured. The first call compiles; if that raises, a
-    :class:`RuntimeWarning` names the error and ``fn`` itself serves every call.
+    checking and validation cannot be captured. The first call compiles, with guards built
+    even inside :func:`skip_guard_checks`; if that raises, a :class:`RuntimeWarning` names the
+    error and ``fn`` itself serves every call. A later call that needs another graph inside
+    :func:`skip_guard_checks` (dynamo refuses to build one there) gets it built with guards.
     """
     # a copy of the code object: dynamo keeps its compiled graphs per code object
     fresh = types.FunctionType(
         fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__
     )
-    compiled = torch.compile(fresh, dynamic=False)
+    compiled = torch.compile(fresh, dynamic=False, options=_INDUCTOR_OPTIONS)
     runner: Callable[..., Any] | None = None  # the compiled step once it works, else fn
 
     def step(*args: Any) -> Any:
         nonlocal runner
         with pyro.validation_enabled(False):
             if runner is not None:
-                return runner(*args)
+                try:
+                    return runner(*args)
+                except RuntimeError as err:  # raised before the graph runs: nothing has changed
+                    if runner is fn or "skip_guard_eval_unsafe" not in str(err):
+                        raise
+                with torch.compiler.set_stance("default"):  # a new graph, built with guards
+                    return runner(*args)
             try:
-                out = compiled(*args)
+                with torch.compiler.set_stance("default"):  # guards are built, not skipped
+                    out = compiled(*args)
             except Exception as err:  # any failure of the compiler
                 first_line = (str(err).splitlines() or [""])[0]
                 warnings.warn(

@@ -11,6 +11,7 @@ names: ``lp``, ``acceptance_rate``, ``step_size``, ``tree_depth``, ``n_steps``,
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +22,7 @@ from bayesdl.posterior import Posterior
 
 from .adaptation import DualAveraging, Welford, find_step_size, mass_windows
 from .base import Callback, Driver, finish
+from .compilation import skip_guard_checks
 from .integrator import IntegratorState, functional_value_and_grad, value_and_grad
 from .metric import Metric
 from .rng import ChainRNG
@@ -93,7 +95,8 @@ def run_mcmc(
     def step(stage: str, i: int) -> dict[str, Any]:
         nonlocal state, eps, metric, welford
         used_eps = eps
-        state, info = transition(state, eps, metric, step_potential, rng)
+        with skip_guard_checks() if compile else contextlib.nullcontext():
+            state, info = transition(state, eps, metric, step_potential, rng)
         if stage == "warmup":
             eps = adapter.update(info.acceptance_rate).to(dtype)
             if i in starts:

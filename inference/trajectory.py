@@ -23,10 +23,11 @@ are the even leaves ``a = n - 2^m + 1``, and the momentum and running momentum s
 ``a`` are kept in checkpoint slot ``popcount(a)``: leaves whose blocks are still open never
 share a slot, so ``max_tree_depth`` slots suffice (the same bookkeeping as NumPyro's iterative
 NUTS). A chain that stops is masked: its state no longer changes while the others continue,
-and the transition ends when every chain has stopped. One leaf is one call of
-:func:`nuts_leaf`, a pure function whose tensors keep their shapes from leaf to leaf (all
-``max_tree_depth`` slots are checked, under masks of the slots the leaf opens and closes), so
-that ``compile=True`` captures it in one graph (:mod:`.compilation`).
+and the transition ends when every chain has stopped. A leaf is :func:`nuts_leaf`, a function
+whose tensors keep their shapes from leaf to leaf (it writes one checkpoint slot in place,
+chosen by an index tensor, and checks all ``max_tree_depth`` slots under a mask of those the
+leaf closes); :func:`nuts_leaves` chains a few of them, and ``compile=True`` captures that in
+one graph which serves the whole run (:mod:`.compilation`).
 
 **HMC** runs a fixed number of leapfrog steps per chain (chains with fewer steps are
 masked) and accepts the end point with probability :math:`\min(1, e^{H_0 - H_L})`.
@@ -52,6 +53,7 @@ __all__ = [
     "hmc_step",
     "hmc_transition",
     "nuts_leaf",
+    "nuts_leaves",
     "nuts_transition",
 ]
 
@@ -86,8 +88,8 @@ class _Subtree(NamedTuple):
     log_weight: Tensor  # (C,) float64, log of the sum of the leaf weights
     proposal: tuple[Tensor, Tensor, Tensor, Tensor]  # position, log density, grad, energy
     rho: Tensor  # (C, D) sum of the leaves' momenta
-    ckpt_velocity: Tensor  # (K, C, D) velocity at the left end of each open block
-    ckpt_rho: Tensor  # (K, C, D) momentum sum before that leaf
+    ckpt_velocity: Tensor  # (K, C, D) velocity at the left end of each open block (in place)
+    ckpt_rho: Tensor  # (K, C, D) momentum sum before that leaf (in place)
     accept_sum: Tensor  # (C,) float64
     n_steps: Tensor  # (C,) long
     diverging: Tensor  # (C,) bool
@@ -98,13 +100,17 @@ def nuts_leaf(
     signed_step: Tensor,
     energy0: Tensor,
     u_leaf: Tensor,
-    opens: Tensor,
+    slot: Tensor,
     closes: Tensor,
     metric: Metric,
     potential: Potential,
     divergence_threshold: float,
 ) -> _Subtree:
     """Add one leaf to every chain's subtree: a leapfrog step and its bookkeeping.
+
+    Writes the leaf's checkpoint into ``sub.ckpt_velocity`` and ``sub.ckpt_rho`` in place (one
+    slot: rewriting the whole buffers at every leaf would cost more than the rest of the
+    bookkeeping together); everything else is returned.
 
     Parameters
     ----------
@@ -116,10 +122,10 @@ def nuts_leaf(
         ``(C,)`` energy at the start of the transition.
     u_leaf
         ``(C,)`` uniforms of the progressive sampling at this leaf.
-    opens, closes
-        ``(K,)`` masks of the checkpoint slots that this leaf opens and closes (everything
-        that depends on the leaf's index: the operations are the same for every leaf, so one
-        compiled graph serves the whole trajectory).
+    slot, closes
+        ``(1,)`` index of the checkpoint slot this leaf writes and ``(K,)`` mask of the slots
+        it closes: everything that depends on the leaf's index, so that the operations are
+        the same for every leaf and one compiled graph serves the whole trajectory.
     metric, potential, divergence_threshold
         As in :func:`nuts_transition`.
     """
@@ -135,12 +141,11 @@ def nuts_leaf(
     log_weight = torch.logaddexp(sub.log_weight, log_w)
     take = u_leaf < torch.exp(log_w - log_weight)
     proposal = _select(take, (edge.position, edge.log_density, edge.grad, energy), sub.proposal)
-    open_mask = opens[:, None, None]
-    ckpt_velocity = torch.where(open_mask, velocity, sub.ckpt_velocity)
-    ckpt_rho = torch.where(open_mask, sub.rho, sub.ckpt_rho)
+    sub.ckpt_velocity.index_copy_(0, slot, velocity.unsqueeze(0))
+    sub.ckpt_rho.index_copy_(0, slot, sub.rho.unsqueeze(0))
     rho = sub.rho + edge.momentum
-    block_rho = rho - ckpt_rho
-    turns = ((ckpt_velocity * block_rho).sum(-1) <= 0) | ((velocity * block_rho).sum(-1) <= 0)
+    block_rho = rho - sub.ckpt_rho
+    turns = ((sub.ckpt_velocity * block_rho).sum(-1) <= 0) | ((velocity * block_rho).sum(-1) <= 0)
     turning = (turns & closes[:, None]).any(0)
     div = ~(delta <= divergence_threshold)
     return _Subtree(
@@ -149,33 +154,86 @@ def nuts_leaf(
         log_weight=log_weight,
         proposal=proposal,
         rho=rho,
-        ckpt_velocity=ckpt_velocity,
-        ckpt_rho=ckpt_rho,
+        ckpt_velocity=sub.ckpt_velocity,
+        ckpt_rho=sub.ckpt_rho,
         accept_sum=sub.accept_sum + accept,
         n_steps=sub.n_steps + sub.building.long(),
         diverging=sub.diverging | (sub.building & div),
     )
 
 
-@functools.cache
-def _slot_masks(max_tree_depth: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    """For every leaf index ``n`` of a subtree, the checkpoint slots it opens and closes.
+def nuts_leaves(
+    sub: _Subtree,
+    signed_step: Tensor,
+    energy0: Tensor,
+    u_leaves: Tensor,
+    slots: Tensor,
+    closes: Tensor,
+    active: Tensor,
+    metric: Metric,
+    potential: Potential,
+    divergence_threshold: float,
+) -> _Subtree:
+    """``L`` consecutive leaves (:func:`nuts_leaf`) in one call, so in one compiled graph.
 
-    Even leaf ``n`` opens slot ``popcount(n)``; odd leaf ``n`` closes the blocks ending at it,
-    as many as its trailing one bits, in slots ``popcount(n >> 1)`` downwards. Built once per
-    depth and device (read-only): building them takes milliseconds, a whole small transition.
+    ``u_leaves`` ``(C, L)``, ``slots`` ``(L, 1)`` and ``closes`` ``(L, K)`` hold each leaf's
+    arguments; leaf ``l > 0`` is discarded unless ``active[l]`` (leaves past the end of a
+    subtree shorter than ``L``). Leaves after every chain has stopped cost time but change
+    nothing: stopped chains take steps of size zero and their subtrees are discarded.
+    """
+    for i in range(u_leaves.shape[1]):
+        new = nuts_leaf(
+            sub,
+            signed_step,
+            energy0,
+            u_leaves[:, i],
+            slots[i],
+            closes[i],
+            metric,
+            potential,
+            divergence_threshold,
+        )
+        sub = new if i == 0 else _keep(active[i], new, sub)
+    return sub
+
+
+def _keep(mask: Tensor, new: _Subtree, old: _Subtree) -> _Subtree:
+    """``new`` if the 0-d ``mask`` is true, else ``old`` (the checkpoints are shared)."""
+
+    def pick(a: Tensor, b: Tensor) -> Tensor:
+        return torch.where(mask, a, b)
+
+    return _Subtree(
+        edge=where(mask, new.edge, old.edge),
+        building=pick(new.building, old.building),
+        log_weight=pick(new.log_weight, old.log_weight),
+        proposal=_select(mask, new.proposal, old.proposal),
+        rho=pick(new.rho, old.rho),
+        ckpt_velocity=new.ckpt_velocity,
+        ckpt_rho=new.ckpt_rho,
+        accept_sum=pick(new.accept_sum, old.accept_sum),
+        n_steps=pick(new.n_steps, old.n_steps),
+        diverging=pick(new.diverging, old.diverging),
+    )
+
+
+@functools.cache
+def _leaf_slots(max_tree_depth: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """For every leaf index ``n`` of a subtree, the checkpoint slot it writes and those it closes.
+
+    Even leaf ``n`` opens slot ``popcount(n)``. Odd leaf ``n`` closes the blocks ending at it,
+    as many as its trailing one bits ``t``, in slots ``popcount(n) - 1`` down to
+    ``popcount(n) - t``; it opens nothing, and writes slot ``popcount(n)``, which no open block
+    holds (their left ends have fewer one bits than ``n``). Built once per depth and device
+    (read-only): building them takes milliseconds, a whole small transition.
     """
     leaves = 2 ** max(max_tree_depth - 1, 0)
-    opens = torch.zeros(leaves, max_tree_depth, dtype=torch.bool)
-    closes = torch.zeros_like(opens)
-    for n in range(leaves):
-        if n % 2 == 0:
-            opens[n, bin(n).count("1")] = True
-        else:
-            trailing_ones = (~n & (n + 1)).bit_length() - 1
-            top = bin(n >> 1).count("1")
-            closes[n, top - trailing_ones + 1 : top + 1] = True
-    return opens.to(device), closes.to(device)
+    slots = torch.tensor([[n.bit_count()] for n in range(leaves)])
+    closes = torch.zeros(leaves, max_tree_depth, dtype=torch.bool)
+    for n in range(1, leaves, 2):
+        trailing_ones = (~n & (n + 1)).bit_length() - 1
+        closes[n, n.bit_count() - trailing_ones : n.bit_count()] = True
+    return slots.to(device), closes.to(device)
 
 
 def nuts_transition(
@@ -186,7 +244,8 @@ def nuts_transition(
     rng: ChainRNG,
     max_tree_depth: int = 10,
     divergence_threshold: float = 1000.0,
-    leaf: Callable[..., _Subtree] = nuts_leaf,
+    leaves: Callable[..., _Subtree] = nuts_leaves,
+    leaves_per_call: int = 1,
 ) -> tuple[IntegratorState, TransitionInfo]:
     """One multinomial NUTS transition for every chain.
 
@@ -202,13 +261,18 @@ def nuts_transition(
         ``theta -> (log density, gradient)``.
     rng
         Per-chain random streams; a transition takes, from each chain's stream, one momentum
-        and ``2 * max_tree_depth + 2**max_tree_depth`` uniforms (directions, merges, leaves).
+        and ``2 * max_tree_depth + 2**max_tree_depth`` uniforms (directions, merges, leaves:
+        those of subtree ``j`` are columns ``2^j - 1`` to ``2^(j+1) - 2``).
     max_tree_depth
         Maximum number of doublings.
     divergence_threshold
         Energy error above which a trajectory is divergent.
-    leaf
-        :func:`nuts_leaf` or a compiled version of it.
+    leaves
+        :func:`nuts_leaves` or a compiled version of it.
+    leaves_per_call
+        Leaves per call of ``leaves`` (at most those of the largest subtree): 2 halves the
+        fixed cost of calling a compiled step, much of a leaf's time with few chains on a CPU.
+        The draws do not depend on it.
 
     Returns
     -------
@@ -227,12 +291,16 @@ def nuts_transition(
     go_right = uniforms[:, :max_tree_depth] < 0.5
     u_merge = uniforms[:, max_tree_depth : 2 * max_tree_depth]
     u_leaf = uniforms[:, 2 * max_tree_depth :]
-    opens, closes = _slot_masks(max_tree_depth, device)
+    slots, closes = _leaf_slots(max_tree_depth, device)
+    per_call = min(leaves_per_call, len(slots))
+    lanes = torch.arange(per_call + 1, device=device)
+    first = lanes[:, None] > lanes[:-1]  # row k: the first k leaves of a call are active
 
     start = IntegratorState(state.position, momentum, state.log_density, state.grad)
     energy0 = _energy(start, metric)
     left = right = start
-    proposal = (state.position, state.log_density, state.grad, energy0)
+    # no leaf input may alias another (a compiled leaf would need a second graph for that case)
+    proposal = (state.position, state.log_density, state.grad, energy0.clone())
     log_weight_tree = torch.zeros(chains, dtype=torch.float64, device=device)
     rho = momentum.clone()
     done = torch.zeros(chains, dtype=torch.bool, device=device)
@@ -250,7 +318,6 @@ def nuts_transition(
         n_steps=torch.zeros(chains, dtype=torch.long, device=device),
         diverging=torch.zeros_like(done),
     )
-    n_leaf = 0  # column of the next leaf uniform
 
     for j in range(max_tree_depth):
         active = ~done
@@ -260,7 +327,7 @@ def nuts_transition(
         forward = go_right[:, j]
         signed_step = torch.where(forward, step_size, -step_size)
 
-        # ---- build a subtree of 2^j leaves from the edge, leaf by leaf
+        # ---- build a subtree of 2^j leaves from the edge, per_call leaves at a time
         sub = sub._replace(
             edge=where(forward, right, left),
             building=active,
@@ -268,19 +335,21 @@ def nuts_transition(
             proposal=proposal,
             rho=torch.zeros_like(rho),
         )
-        for n in range(2**j):
-            sub = leaf(
+        for n in range(0, 2**j, per_call):
+            block = slice(n, n + per_call)
+            column = 2**j - 1 + n  # subtree j uses the uniforms of columns [2^j - 1, 2^(j+1) - 1)
+            sub = leaves(
                 sub,
                 signed_step,
                 energy0,
-                u_leaf[:, n_leaf],
-                opens[n],
-                closes[n],
+                u_leaf[:, column : column + per_call],
+                slots[block],
+                closes[block],
+                first[min(per_call, 2**j - n)],
                 metric,
                 potential,
                 divergence_threshold,
             )
-            n_leaf += 1
             if not bool(sub.building.any()):
                 break
 

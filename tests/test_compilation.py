@@ -16,8 +16,8 @@ from statistical.blr import check_gaussian_draws, linear_regression
 from torch import nn
 
 from bayesdl import likelihoods, priors
-from bayesdl.inference import HMC, NUTS
-from bayesdl.inference.compilation import compile_step
+from bayesdl.inference import HMC, NUTS, compilation
+from bayesdl.inference.compilation import compile_step, skip_guard_checks
 from bayesdl.inference.integrator import (
     IntegratorState,
     functional_value_and_grad,
@@ -25,7 +25,7 @@ from bayesdl.inference.integrator import (
 )
 from bayesdl.inference.metric import Metric
 from bayesdl.inference.rng import ChainRNG
-from bayesdl.inference.trajectory import hmc_step, hmc_transition, nuts_leaf, nuts_transition
+from bayesdl.inference.trajectory import hmc_step, hmc_transition, nuts_leaves, nuts_transition
 from bayesdl.models import BNN
 
 #: torch.compile's CPU backend builds C++; without a compiler it falls back (tested below).
@@ -58,7 +58,7 @@ def test_compiled_nuts_and_hmc_transitions_match_eager_ones():
     eager_potential = value_and_grad(log_density)
     compiled_potential = functional_value_and_grad(log_density)
     step_size = torch.tensor([0.3, 0.2, 0.25], dtype=torch.float64)
-    leaf = compile_step(nuts_leaf)
+    leaves = compile_step(nuts_leaves)
     step = compile_step(hmc_step)
     for name in ("nuts", "hmc"):
         eager, metric = _start(log_density, 3, 4)
@@ -77,7 +77,8 @@ def test_compiled_nuts_and_hmc_transitions_match_eager_ones():
                     compiled_potential,
                     rng_compiled,
                     max_tree_depth=5,
-                    leaf=leaf,
+                    leaves=leaves,
+                    leaves_per_call=2,
                 )
             else:
                 steps = torch.tensor([3, 5, 4])
@@ -92,6 +93,31 @@ def test_compiled_nuts_and_hmc_transitions_match_eager_ones():
             assert torch.equal(info_c.n_steps, info_e.n_steps)
             assert torch.equal(info_c.tree_depth, info_e.tree_depth)
         assert int(info_e.n_steps.max()) > 1  # the trees grew
+
+
+@pytest.mark.parametrize("per_call", [2, 4])
+def test_several_leaves_per_call_give_the_same_transitions(per_call):
+    """Leaves past a subtree's end or after every chain stopped change nothing."""
+    log_density = _correlated_gaussian()
+    potential = value_and_grad(log_density)
+    step_size = torch.tensor([0.6, 0.42, 0.48], dtype=torch.float64)
+    one, metric = _start(log_density, 3, 4)
+    several = one
+    rng_one = ChainRNG([1, 2, 3], dtype=torch.float64)
+    rng_several = ChainRNG([1, 2, 3], dtype=torch.float64)
+    steps, depths = [], []
+    for _ in range(6):
+        one, info_one = nuts_transition(one, step_size, metric, potential, rng_one, 5)
+        several, info_several = nuts_transition(
+            several, step_size, metric, potential, rng_several, 5, leaves_per_call=per_call
+        )
+        assert torch.equal(several.position, one.position)
+        for field in ("n_steps", "tree_depth", "acceptance_rate", "energy", "diverging"):
+            assert torch.equal(getattr(info_several, field), getattr(info_one, field))
+        steps.append(info_one.n_steps)
+        depths.append(info_one.tree_depth)
+    steps, depths = torch.cat(steps), torch.cat(depths)
+    assert bool((steps < 2**depths - 1).any())  # a subtree stopped part-way
 
 
 @needs_compiler
@@ -113,6 +139,36 @@ def test_compiled_nuts_on_a_bnn_matches_eager_draws():
     assert compiled.attrs["compile"] == 1
 
 
+@needs_compiler
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+@pytest.mark.parametrize(
+    "sampler",
+    [
+        NUTS(chains=3, warmup=40, draws=5, max_tree_depth=5, compile=True),
+        NUTS(chains=3, warmup=40, draws=5, max_tree_depth=5, mass="dense", compile=True),
+        HMC(chains=3, warmup=40, draws=5, trajectory_length=1.0, compile=True),
+    ],
+    ids=["nuts-diag", "nuts-dense", "hmc"],
+)
+def test_whole_compiled_runs_never_need_a_second_graph(monkeypatch, sampler):
+    """With guards checked and recompiling an error, whole runs (mass adaptation included)
+    pass: the guard checks that the samplers skip could never have failed."""
+    monkeypatch.setattr(compilation, "SKIP_GUARDS", False)
+    init = torch.randn(3, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        post = sampler.sample(_correlated_gaussian(), init, seed=2, progress=False)
+    assert post.theta.shape == (3, 5, 4)
+
+
+@needs_compiler
+def test_a_step_that_needs_a_new_graph_gets_one_while_guards_are_skipped():
+    step = compile_step(lambda x: 2 * x)
+    with skip_guard_checks():
+        torch.testing.assert_close(step(torch.ones(3)), torch.full((3,), 2.0))
+        x = torch.arange(4, dtype=torch.float64)
+        torch.testing.assert_close(step(x), 2 * x)
+
+
 def test_a_step_that_cannot_compile_runs_eagerly_after_a_warning(monkeypatch):
     def broken_compile(fn, **kwargs):
         def fail(*args):
@@ -124,7 +180,7 @@ def test_a_step_that_cannot_compile_runs_eagerly_after_a_warning(monkeypatch):
     log_density = _correlated_gaussian()
     init = torch.zeros(2, 4, dtype=torch.float64)
     eager = NUTS(chains=2, warmup=10, draws=5).sample(log_density, init, seed=1, progress=False)
-    with pytest.warns(RuntimeWarning, match=r"could not compile nuts_leaf \(RuntimeError: no C"):
+    with pytest.warns(RuntimeWarning, match=r"could not compile nuts_leaves \(RuntimeError: no C"):
         fallback = NUTS(chains=2, warmup=10, draws=5, compile=True).sample(
             log_density, init, seed=1, progress=False
         )
