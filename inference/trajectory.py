@@ -218,14 +218,18 @@ def _keep(mask: Tensor, new: _Subtree, old: _Subtree) -> _Subtree:
 
 
 @functools.cache
-def _leaf_slots(max_tree_depth: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    """For every leaf index ``n`` of a subtree, the checkpoint slot it writes and those it closes.
+def _leaf_tables(
+    max_tree_depth: int, leaves_per_call: int, device: torch.device
+) -> tuple[Tensor, Tensor, Tensor]:
+    """For every leaf index ``n`` of a subtree, the checkpoint slot it writes and those it
+    closes; and, for ``k = 0 .. L``, the mask of a call whose first ``k`` leaves are active
+    (``L`` is ``leaves_per_call``, at most the leaves of the largest subtree).
 
     Even leaf ``n`` opens slot ``popcount(n)``. Odd leaf ``n`` closes the blocks ending at it,
     as many as its trailing one bits ``t``, in slots ``popcount(n) - 1`` down to
     ``popcount(n) - t``; it opens nothing, and writes slot ``popcount(n)``, which no open block
-    holds (their left ends have fewer one bits than ``n``). Built once per depth and device
-    (read-only): building them takes milliseconds, a whole small transition.
+    holds (their left ends have fewer one bits than ``n``). Built once per depth, leaves per
+    call and device (read-only): building them takes milliseconds, a whole small transition.
     """
     leaves = 2 ** max(max_tree_depth - 1, 0)
     slots = torch.tensor([[n.bit_count()] for n in range(leaves)])
@@ -233,7 +237,9 @@ def _leaf_slots(max_tree_depth: int, device: torch.device) -> tuple[Tensor, Tens
     for n in range(1, leaves, 2):
         trailing_ones = (~n & (n + 1)).bit_length() - 1
         closes[n, n.bit_count() - trailing_ones : n.bit_count()] = True
-    return slots.to(device), closes.to(device)
+    lanes = torch.arange(min(leaves_per_call, leaves) + 1)
+    first = lanes[:, None] > lanes[:-1]
+    return slots.to(device), closes.to(device), first.to(device)
 
 
 def nuts_transition(
@@ -291,10 +297,8 @@ def nuts_transition(
     go_right = uniforms[:, :max_tree_depth] < 0.5
     u_merge = uniforms[:, max_tree_depth : 2 * max_tree_depth]
     u_leaf = uniforms[:, 2 * max_tree_depth :]
-    slots, closes = _leaf_slots(max_tree_depth, device)
-    per_call = min(leaves_per_call, len(slots))
-    lanes = torch.arange(per_call + 1, device=device)
-    first = lanes[:, None] > lanes[:-1]  # row k: the first k leaves of a call are active
+    slots, closes, first = _leaf_tables(max_tree_depth, leaves_per_call, device)
+    per_call = first.shape[1]
 
     start = IntegratorState(state.position, momentum, state.log_density, state.grad)
     energy0 = _energy(start, metric)
