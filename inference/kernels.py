@@ -286,6 +286,25 @@ class Kernel(ABC):
             repulsion = repulsion @ self._factor.to(dtype=x.dtype, device=x.device).T
         return KernelMatrix(value, repulsion, float(h))
 
+    def pair_gradients(self, x: Tensor, bandwidth: float | Tensor) -> Tensor:
+        r"""Every term of the repulsion on its own: ``G[i, j] = grad_{x_j} k(x_j, x_i)``.
+
+        .. math::
+            G_{ij} = \frac{2}{h}\, \kappa'(r_{ij})\, A\,(x_j - x_i),
+
+        shape ``(P, P, M)``, with ``G[i].sum(0)`` the repulsion ``R[i]`` of :meth:`__call__`.
+        The hybrid kernel needs the terms apart, because it pulls each one back to the weights
+        through the Jacobian of its own particle ``j``. ``bandwidth`` is the one
+        :meth:`__call__` used (held constant, as there).
+        """
+        z = self._embed(x.detach())
+        r = pairwise_sq_dists(z) / bandwidth
+        diff = z[None, :, :] - z[:, None, :]  # [i, j] = z_j - z_i
+        grads = (2.0 / bandwidth) * self.profile_derivative(r)[..., None] * diff
+        if self._factor is not None:
+            grads = grads @ self._factor.to(dtype=x.dtype, device=x.device).T
+        return grads
+
     def cross(self, x: Tensor, y: Tensor, bandwidth: float | Tensor) -> Tensor:
         """``k(x_i, y_j)`` for two sets of points ``(P, M)``, ``(Q, M)`` at a given bandwidth."""
         sq = pairwise_sq_dists(self._embed(x.detach()), self._embed(y.detach()))
@@ -359,14 +378,31 @@ class Hybrid:
     r"""Separate kernels for SVGD's driving and repulsive terms (h-SVGD).
 
     .. math::
-        \phi(w_i) = \frac1P \sum_j k_d(\cdot_j, \cdot_i)\, \nabla_{w_j}\log p(w_j \mid D)
-            + \frac1P\, \mathrm{pullback}_i\Big(\sum_j \nabla_{\cdot_j} k_r(\cdot_j, \cdot_i)\Big),
+        \phi(w_i) = \frac1P \sum_j \Big[k_d(\cdot_j, \cdot_i)\, \nabla_{w_j}\log p(w_j \mid D)
+            + \nabla_{w_j} k_r(\cdot_j, \cdot_i)\Big],
 
-    where each kernel sees weights or function values according to its own ``space``, the score
-    is always the weight-space posterior score, and a function-space repulsion is pulled back
-    to the weights through particle ``i``'s Jacobian (one vector-Jacobian product). With
-    ``driving`` in weight space and ``repulsion`` in function space this is the hybrid kernel of
-    D'Angelo, Fortuin & Wenzel (2021); with both in function space it is their fw-SVGD.
+    where each kernel sees weights or function values according to its own ``space`` and the
+    score is always the weight-space posterior score. A function-space repulsion kernel is the
+    *composed* kernel :math:`k_r(w, w') = k_f(f(w), f(w'))` with :math:`f(w)` the outputs at the
+    measurement set, so by the chain rule its gradient in the first argument goes through the
+    Jacobian :math:`J_j = \partial f(w_j) / \partial w_j` of particle ``j``, the particle being
+    differentiated:
+
+    .. math::
+        \sum_j \nabla_{w_j} k_f(f(w_j), f(w_i)) = \sum_j J_j^\top\, \nabla_{f_j}
+            k_f(f_j, f_i).
+
+    Computed as one batched vector-Jacobian product: for every ``i``, the cotangents
+    :math:`\nabla_{f_j} k_f(f_j, f_i)` of all ``j`` are pulled back through the vectorised
+    forward pass at once (``torch.autograd.grad(..., is_grads_batched=True)``, a ``vmap`` over
+    ``i``), then summed over ``j``: ``P`` backward passes of the ``P`` particles per step.
+    (Pulling :math:`\sum_j \nabla_{f_j} k_f` back through particle ``i``'s own Jacobian, as
+    f-SVGD does with its function-space direction, is a different update: it is minus the
+    gradient of :math:`\sum_j k_f(f_i, f_j)` in :math:`w_i`, not Stein's repulsion.)
+
+    With ``driving`` in weight space and ``repulsion`` in function space this is the hybrid
+    kernel (h-SVGD) of D'Angelo, Fortuin & Wenzel (2021); with both the same function-space
+    kernel it is their fw-SVGD, which is exact weight-space SVGD with the composed kernel.
 
     Parameters
     ----------
@@ -382,7 +418,9 @@ class Hybrid:
     another functional), so its stationary particle distribution is not the posterior. The
     driving term still pulls particles towards high posterior density, and the repulsion keeps
     their *functions* apart; on Bayesian linear regression the particle mean matches the
-    posterior mean while the spread differs (see ``tests/statistical``).
+    posterior mean while the spread differs (see ``tests/statistical``). For a linear model
+    :math:`f(w) = Xw` the composed RBF kernel is the weight-space RBF kernel with metric
+    :math:`X^\top X`, so the two updates coincide (a test checks this).
     """
 
     space = "hybrid"

@@ -22,8 +22,10 @@ optional annealing factor on the driving term):
   :math:`X_M` (or given exactly, e.g. :class:`~bayesdl.inference.ssge.GaussianProcessScore`).
   The weight prior enters only through this functional prior.
 * **h-SVGD**, a :class:`~bayesdl.inference.kernels.Hybrid` kernel: the weight-space score
-  smoothed by the driving kernel, plus the repulsion of the repulsive kernel (a function-space
-  repulsion is pulled back through :math:`J_i`). Not a KL gradient flow; see ``Hybrid``.
+  smoothed by the driving kernel, plus the repulsion of the composed function-space kernel
+  :math:`k_f(f(w_j), f(w_i))`, differentiated in :math:`w_j` through particle *j*'s Jacobian:
+  :math:`\phi_i = \frac1P \sum_j [\gamma_t\, k_w(w_j, w_i)\, s_j
+  + J_j^\top \nabla_{f_j} k_f(f_j, f_i)]`. Not a KL gradient flow; see ``Hybrid``.
 * **deep ensemble** (``kernel=None``): :math:`\phi_i = \gamma_t s_i`, independent MAP fits.
 * **WGD / repulsive ensembles** (D'Angelo & Fortuin 2021), ``update="wgd-kde"|"wgd-sge"|
   "wgd-ssge"``: :math:`\phi_i = \gamma_t s_i - \widehat{\nabla \log \rho}(\cdot_i)`, the
@@ -74,7 +76,14 @@ from bayesdl.posterior import Posterior
 from .base import Backend, Callback, Driver, finish
 from .kernels import RBF, Hybrid, Kernel, KernelMatrix
 from .ssge import kde_score, sge_score, ssge_score
-from .svgd_targets import MeasurementLike, PriorScore, _BNNTarget, _Density, _pull_back
+from .svgd_targets import (
+    MeasurementLike,
+    PriorScore,
+    _BNNTarget,
+    _Density,
+    _pull_back,
+    _pull_back_pairs,
+)
 
 __all__ = ["SVGD", "annealing", "uniform_domain"]
 
@@ -684,8 +693,10 @@ class SVGD(Backend):
         kr = kd if repulsive is driving else repulsive(space_of(repulsive))
         p = theta.shape[0]
         if repulsive.space == "function":
+            # sum_j grad_{w_j} k_f(f(w_j), f(w_i)) = sum_j J_j^T grad_{f_j} k_f(f_j, f_i)
+            grads = repulsive.pair_gradients(fun.flat, kr.bandwidth)  # type: ignore[union-attr]
             with torch.enable_grad():
-                repulsion = _pull_back(fun, kr.repulsion)  # type: ignore[arg-type]
+                repulsion = _pull_back_pairs(fun, grads)  # type: ignore[arg-type]
         else:
             repulsion = kr.repulsion
         phi = (gamma * (kd.value @ score) + repulsion) / p

@@ -183,3 +183,17 @@ def _pull_back(fun: _Functions, phi_f: Tensor) -> Tensor:
     r"""``J_i^T phi_f[i]`` for every particle: one vector-Jacobian product, ``(P, D)``."""
     (phi,) = torch.autograd.grad(fun.f, fun.theta, grad_outputs=phi_f.reshape(fun.f.shape))
     return phi
+
+
+def _pull_back_pairs(fun: _Functions, grads: Tensor) -> Tensor:
+    r"""``sum_j J_j^T grads[i, j]`` for every ``i``, ``(P, D)``, from ``grads`` ``(P, P, M)``.
+
+    Row ``i`` of the cotangents is pulled back through every particle's own Jacobian in one
+    vector-Jacobian product; the ``P`` rows are batched (``is_grads_batched``, a ``vmap`` over
+    the backward pass), then each result is summed over the particles ``j``.
+    """
+    cotangents = grads.reshape(grads.shape[0], *fun.f.shape)
+    (pulled,) = torch.autograd.grad(
+        fun.f, fun.theta, grad_outputs=cotangents, is_grads_batched=True
+    )
+    return pulled.sum(1)

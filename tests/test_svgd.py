@@ -240,6 +240,62 @@ def test_pull_back_is_the_jacobian_transpose_product(seed):
         torch.testing.assert_close(pulled[i], jacobian.T @ phi_f[i])
 
 
+def test_hybrid_step_is_autograd_of_the_composed_kernel(seed):
+    """One SGD step of h-SVGD on a nonlinear BNN equals the update written with autograd:
+    phi_i = (1/P) sum_j [k_w(w_j, w_i) s_j + grad_{w_j} k_f(f(w_j), f(w_i))], the second term
+    differentiated through particle j's network, f(w_i) held fixed."""
+    bnn, x, y = classifier(seed, n=9)
+    p, lr = 4, 0.05
+    init = bnn.init_theta(p, seed)
+    with torch.no_grad():  # bandwidths at the particles' typical distances: kernels near 1/e
+        h_w = float(torch.pdist(init).pow(2).mean())
+        h_f = float(torch.pdist(bnn.forward(init, x).flatten(1)).pow(2).mean())
+    kernel = Hybrid(RBF("weight", bandwidth=h_w), RBF("function", bandwidth=h_f))
+    svgd = SVGD(particles=p, kernel=kernel, steps=1, optimizer=torch.optim.SGD, lr=lr)
+    post = svgd.fit(bnn, x, y, init_theta=init, seed=seed, progress=False)
+
+    w = init.clone().requires_grad_(True)
+    (score,) = torch.autograd.grad(bnn.log_joint(w, x, y).sum(), w)
+    k_w = torch.exp(-torch.cdist(init, init) ** 2 / h_w)
+    repulsion = torch.zeros_like(init)
+    for i in range(p):
+        w = init.clone().requires_grad_(True)
+        f = bnn.forward(w, x).flatten(1)
+        composed = torch.exp(-((f - f[i].detach()) ** 2).sum(1) / h_f).sum()
+        (grad,) = torch.autograd.grad(composed, w)
+        repulsion[i] = grad.sum(0)  # sum over j of grad_{w_j} k_f(f_j, f_i)
+    expected = init + lr * (k_w @ score + repulsion) / p
+    torch.testing.assert_close(post.theta[0], expected)
+    # The repulsion pulled back through particle i's own Jacobian instead is caught.
+    w = init.clone().requires_grad_(True)
+    f = bnn.forward(w, x).flatten(1)
+    own = RBF("function", bandwidth=h_f)(f.detach()).repulsion
+    (wrong,) = torch.autograd.grad(f, w, grad_outputs=own)
+    assert not torch.allclose(init + lr * (k_w @ score + wrong) / p, expected)
+
+
+def test_hybrid_update_equals_weight_svgd_with_metric_xtx_on_a_linear_model(seed):
+    """For f(w) = X w the composed RBF kernel is the weight RBF kernel with metric X^T X, so
+    h-SVGD (driving kernel with that metric) and w-SVGD with it take the same step."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(12, 3, generator=gen, dtype=DTYPE)
+    y = x @ torch.tensor([1.0, -0.5, 0.3], dtype=DTYPE) + 0.1 * torch.randn(12, generator=gen)
+    torch.manual_seed(seed)
+    net = torch.nn.Linear(3, 1, bias=False).to(DTYPE)
+    bnn = BNN(net, priors.Gaussian(1.0), likelihoods.Gaussian(0.5))
+    metric, h = x.T @ x, 4.0
+    init = bnn.init_theta(5, seed)
+
+    def step(kernel):
+        svgd = SVGD(particles=5, kernel=kernel, steps=1, optimizer=torch.optim.SGD, lr=0.01)
+        return svgd.fit(bnn, x, y[:, None], init_theta=init, seed=seed, progress=False).theta
+
+    weight = RBF("weight", bandwidth=h, metric=metric)
+    hybrid = Hybrid(weight, RBF("function", bandwidth=h))
+    torch.testing.assert_close(step(hybrid), step(weight))
+    assert not torch.allclose(step(weight), init)
+
+
 @pytest.mark.parametrize("kernel", [None, "weight", IMQ()], ids=["ensemble", "rbf", "imq"])
 def test_minibatch_updates_average_to_the_full_batch_update(kernel, seed):
     """The score is linear in the likelihood terms, so over one epoch of minibatches (scaled by
