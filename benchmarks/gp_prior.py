@@ -15,11 +15,25 @@ Two measurements, both on CPU:
    functions, 200 outer steps (RMSprop, lr 0.05), up to 200 critic steps (Adagrad, lr 0.02,
    early stop below a gradient norm of 0.1). Reports the wall time and the final distance.
 
+3. **Fresh against warm-started critics** (issue 13): the UCI-setting fit on bostonHousing
+   split 0 as Tran et al. run it (a 1x100 tanh MLP, the same target and measurement set, data
+   points from the training inputs and the uniform box over training and test inputs, the
+   variance hyperprior drawn through softplus as in their code, 128 functions, 200 outer
+   steps) once per configuration: a fresh critic every outer step (``--fresh-steps`` critic
+   steps) against a warm-started one (critic network and Adagrad state kept, ``--warm-steps``
+   per outer step), for each weight parameterisation in ``--parameterisations``. Each fitted
+   prior is then scored by an *independent* critic: for ``--check-sets`` new measurement sets
+   from a separate seed, a fresh critic (1,000 Adagrad steps, no early stop) is trained on
+   256 new BNN and 256 new GP draws and the dual estimate is read on another 256 of each. The
+   same check also scores the fan-in N(0, 1) start.
+
 Usage::
 
     BAYESDL_DATA=../shared/data python benchmarks/gp_prior.py            # everything
     BAYESDL_DATA=../shared/data python benchmarks/gp_prior.py --no-fit   # critic steps only
     BAYESDL_DATA=../shared/data python benchmarks/gp_prior.py --device cuda --threads 1
+    BAYESDL_DATA=../shared/data OMP_NUM_THREADS=1 python benchmarks/gp_prior.py --compare \
+        --out benchmarks/results/gp_prior_warm_vs_fresh.json     # comparison 3 only
 
 Results go to ``--out`` (JSON) and are printed as markdown.
 """
@@ -43,8 +57,10 @@ from torch import nn
 import bayesdl
 from bayesdl.models import MLP
 from bayesdl.priors import measurement
-from bayesdl.priors.functional import fit_gp_prior
-from bayesdl.priors.wasserstein import Critic
+from bayesdl.priors.functional import fit_gp_prior, prior_functions
+from bayesdl.priors.gp import GPTarget
+from bayesdl.priors.gp_families import make_family
+from bayesdl.priors.wasserstein import Critic, dual_estimate
 
 
 class _ReferenceCritic(nn.Module):
@@ -185,6 +201,118 @@ def full_fit(
     return row
 
 
+def independent_distance(
+    prior: bayesdl.priors.Prior | None,
+    net: nn.Module,
+    target: GPTarget,
+    sampler: measurement.FromData,
+    *,
+    sets: int,
+    seed: int = 12345,
+    draws: int = 256,
+    critic_steps: int = 1000,
+) -> dict:
+    """The W1 of a fitted prior (``None``: the fan-in N(0, 1) start) by an independent critic.
+
+    Per measurement set: a fresh critic trained on ``draws`` BNN and GP functions, its dual
+    estimate read on ``draws`` new ones (a held-out lower-bound estimate of W1).
+    """
+    family = make_family(
+        net,
+        "gaussian" if prior is None else prior.family,
+        "layer" if prior is None else prior.per,
+        1.0,
+        "log",
+    )
+    if prior is not None:
+        family.load_values(prior.values)
+    generator = torch.Generator().manual_seed(seed)
+    critic = Critic(steps=critic_steps, threshold=None)
+    values = []
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        for _ in range(sets):
+            x = sampler(generator).float()
+            with torch.no_grad():
+                f = prior_functions(net, family.rsample(2 * draws), x)
+            g = target.sample(x, 2 * draws).float()
+            fit = critic.fit(f[:draws], g[:draws])
+            with torch.no_grad():
+                values.append(float(dual_estimate(fit.network, f[draws:], g[draws:])))
+    return {
+        "mean": statistics.fmean(values),
+        "se": statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else math.nan,
+        "per_set": values,
+    }
+
+
+def compare_critics(args: argparse.Namespace) -> list[dict]:
+    """Comparison 3 of the module docstring: fresh vs warm-started critics, independent check."""
+    torch.set_num_threads(1)
+    data = bayesdl.data.uci(args.dataset, split=0)
+    sampler = measurement.from_data(data.x_train, 100, 0.3, x_test=data.x_test)
+    kernel = uci_kernel(data.in_features)
+    target = GPTarget(kernel, hyperprior_draws="softplus")
+    torch.manual_seed(0)
+    net = MLP(data.in_features, [100], 1, activation="tanh")
+    rows = []
+    start_check = independent_distance(None, net, target, sampler, sets=args.check_sets)
+    print(
+        f"fan-in N(0, 1) start: independent W1 {start_check['mean']:.2f} +- {start_check['se']:.2f}"
+    )
+    rows.append({"config": "fan-in N(0,1) start (no fit)", "independent_w1": start_check})
+    configs = [
+        (p, warm, args.warm_steps if warm else args.fresh_steps)
+        for p in args.parameterisations
+        for warm in (True, False)
+    ]
+    for parameterisation, warm, steps in configs:
+        print(f"load average before the fit: {os.getloadavg()}", flush=True)
+        t0 = time.perf_counter()
+        prior = fit_gp_prior(
+            net,
+            kernel,
+            sampler,
+            family="gaussian",
+            steps=args.steps,
+            num_functions=128,
+            critic={"steps": steps, "lr": 0.02, "threshold": 0.1, "warm_start": warm},
+            lr=0.05,
+            parameterisation=parameterisation,
+            hyperprior_draws="softplus",
+            seed=args.seed,
+            progress=False,
+        )
+        seconds = time.perf_counter() - t0
+        load = os.getloadavg()
+        check = independent_distance(prior, net, target, sampler, sets=args.check_sets)
+        row = {
+            "config": f"{'warm' if warm else 'fresh'} critic, {steps} steps, {parameterisation}",
+            "parameterisation": parameterisation,
+            "warm_start": warm,
+            "critic_steps_per_outer_step": steps,
+            "total_critic_steps": int(prior.history.critic_steps.sum()),
+            "seconds": seconds,
+            "load_average_after_fit": load,
+            "final_distance_own_critic": prior.final_distance,
+            "independent_w1": check,
+            "scales": {
+                k: float(v)
+                for k, v in prior.summary()["hyperparameters"].items()
+                for v in [v["scale"]]
+            },
+        }
+        rows.append(row)
+        print(
+            f"{row['config']}: {seconds:.1f} s (load {load[0]:.2f}), own critic "
+            f"{prior.final_distance:.2f}, independent W1 {check['mean']:.2f} +- "
+            f"{check['se']:.2f}, critic steps {row['total_critic_steps']}, scales "
+            + ", ".join(f"{k} {v:.2f}" for k, v in row["scales"].items()),
+            flush=True,
+        )
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
@@ -194,6 +322,11 @@ def main() -> None:
     parser.add_argument("--critic-steps", type=int, default=200)
     parser.add_argument("--fit-threads", type=int, nargs="+", default=[1])
     parser.add_argument("--no-fit", action="store_true")
+    parser.add_argument("--compare", action="store_true", help="run comparison 3 only")
+    parser.add_argument("--warm-steps", type=int, default=10)
+    parser.add_argument("--fresh-steps", type=int, default=50)
+    parser.add_argument("--parameterisations", nargs="+", default=["softplus", "log"])
+    parser.add_argument("--check-sets", type=int, default=5)
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="outputs/benchmarks/gp_prior.json")
@@ -210,10 +343,16 @@ def main() -> None:
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else "none",
     }
     print(json.dumps(machine))
-    results = {
-        "machine": machine,
-        "critic_step": critic_step_times(args.repeats, args.threads, device),
-    }
+    results: dict = {"machine": machine}
+    if args.compare:
+        results["warm_vs_fresh"] = compare_critics(args)
+        results["load_average_at_end"] = os.getloadavg()
+        out = pathlib.Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=2))
+        print("wrote", out)
+        return
+    results["critic_step"] = critic_step_times(args.repeats, args.threads, device)
     if not args.no_fit:
         results["full_fit"] = [
             full_fit(args.dataset, t, args.steps, args.critic_steps, args.seed, device)

@@ -30,6 +30,7 @@ from bayesdl.priors.gp_matched import GPMatched
 from bayesdl.priors.wasserstein import (
     Critic,
     CriticNetwork,
+    CriticState,
     as_critic,
     dual_estimate,
     empirical_wasserstein,
@@ -622,3 +623,228 @@ def test_fitted_prior_works_with_other_priors_in_a_select_rule():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert bool(torch.isfinite(bnn.log_prior(bnn.init_theta(2, seed=0))).all())
+
+
+# ------------------------------------------------------------------ issue 13: fit options
+SOFTPLUS_1 = math.log1p(math.e)  # softplus(1) = 1.3133, Tran et al.'s starting scale
+SOFTPLUS_3 = math.log1p(math.e**3)  # softplus(3) = 3.0486, their hierarchical start
+
+
+def test_parameterisations_start_where_their_defaults_say():
+    net = _net()
+    soft = GaussianFamily(net, parameterisation="softplus")
+    assert all(
+        float(v["scale"]) == pytest.approx(SOFTPLUS_1, abs=1e-6) for v in soft.values().values()
+    )
+    assert all(float(r.detach()) == pytest.approx(1.0, abs=1e-6) for r in soft.raw_scale.values())
+    log = GaussianFamily(net, parameterisation="log")
+    assert all(float(v["scale"]) == pytest.approx(1.0, abs=1e-6) for v in log.values().values())
+    hier = HierarchicalFamily(net, parameterisation="softplus")
+    for entry in hier.values().values():
+        assert float(entry["concentration"]) == pytest.approx(SOFTPLUS_3, abs=1e-5)
+        assert float(entry["rate"]) == pytest.approx(SOFTPLUS_3, abs=1e-5)
+    # an explicit start means the same scale in both parameterisations
+    for parameterisation in ("softplus", "log"):
+        family = GaussianFamily(net, init_scale=0.05, parameterisation=parameterisation)
+        assert all(
+            float(v["scale"]) == pytest.approx(0.05, rel=1e-6) for v in family.values().values()
+        )
+
+
+@pytest.mark.parametrize("family", ["gaussian", "hierarchical"])
+def test_values_round_trip_through_either_parameterisation(family):
+    source = make_family(_net(), family, "layer", 0.7, "log")
+    values = {n: {k: v * 1.9 for k, v in e.items()} for n, e in source.values().items()}
+    target = make_family(_net(), family, "layer", None, "softplus")
+    target.load_values(values)
+    for name, entry in target.values().items():
+        for key, value in entry.items():
+            torch.testing.assert_close(value, values[name][key], rtol=1e-6, atol=0)
+
+
+def test_softplus_steps_move_a_scale_additively_and_log_steps_multiplicatively():
+    """d sigma / d raw is sigmoid(raw) < 1 for softplus and sigma for log: after the same raw
+    step the softplus scale moves by at most the step, the log scale by a factor e^step."""
+    step = 0.5
+    for parameterisation in ("softplus", "log"):
+        family = GaussianFamily(_net(), init_scale=4.0, parameterisation=parameterisation)
+        before = family.values()
+        with torch.no_grad():
+            for raw in family.raw_scale.values():
+                raw += step
+        for name, entry in family.values().items():
+            old, new = float(before[name]["scale"]), float(entry["scale"])
+            if parameterisation == "softplus":
+                assert 0 < new - old <= step
+            else:
+                assert new / old == pytest.approx(math.exp(step), rel=1e-5)
+
+
+@pytest.mark.parametrize("parameterisation", ["softplus", "log"])
+@pytest.mark.parametrize("family", ["gaussian", "hierarchical"])
+def test_scale_bound_is_respected(family, parameterisation):
+    """A GP with variance 100 pulls every scale up; the bound holds after every step, and the
+    same fit without a bound exceeds it (so this test can fail)."""
+    kernel = gpytorch.kernels.ScaleKernel(_rbf())
+    kernel.outputscale = 100.0
+    bound = 1.2
+    common = dict(
+        family=family,
+        parameterisation=parameterisation,
+        init_scale=1.0,
+        seed=0,
+        lr=0.3,
+        steps=10,
+        num_functions=16,
+        critic={"steps": 4, "hidden": (16,)},
+        progress=False,
+    )
+    seen = []
+
+    def record(event):
+        seen.append(event.step)
+
+    bounded = fit_gp_prior(
+        _net(),
+        kernel,
+        measurement.uniform(-2, 2, 8),
+        max_scale=bound,
+        callbacks=[record],
+        **common,
+    )
+    free = fit_gp_prior(_net(), kernel, measurement.uniform(-2, 2, 8), **common)
+    fan_in = {n: fan_in_of(p) for n, p in _net().named_parameters()}
+    bounded_sigma = {n: float(s) * math.sqrt(fan_in[n]) for n, s in bounded.scales().items()}
+    free_sigma = {n: float(s) * math.sqrt(fan_in[n]) for n, s in free.scales().items()}
+    assert len(seen) == 10
+    assert all(s <= bound * (1 + 1e-5) for s in bounded_sigma.values()), bounded_sigma
+    assert max(free_sigma.values()) > bound * 1.1, free_sigma
+    assert bounded.history.settings["max_scale"] == bound
+
+
+def test_scale_bound_per_parameter_and_at_the_start():
+    net = _net()
+    bounds = {n: 0.5 if n.endswith("bias") else 3.0 for n, _ in net.named_parameters()}
+    family = GaussianFamily(net, init_scale=2.0, parameterisation="softplus", max_scale=bounds)
+    for name, entry in family.values().items():
+        assert float(entry["scale"]) == pytest.approx(min(2.0, bounds[name]), rel=1e-6)
+    hier = HierarchicalFamily(net, init_scale=2.0, max_scale=0.5)
+    for entry in hier.values().values():  # sqrt(b / (a - 1)) <= 0.5
+        a, b = float(entry["concentration"]), float(entry["rate"])
+        assert math.sqrt(b / (a - 1)) == pytest.approx(0.5, rel=1e-6)
+
+
+def test_warm_critic_state_keeps_network_and_optimiser():
+    p, q = _shifted_gaussians(64, 1.0, 0)
+    critic = Critic(steps=5, hidden=(8,), threshold=None, warm_start=True)
+    state = CriticState()
+    first = critic.fit(p, q, state)
+    network, optimiser = state.network, state.optimiser
+    assert first.network is network and first.steps == 5
+    steps_before = optimiser.state[next(network.parameters())]["step"].item()
+    second = critic.fit(p, q, state)
+    assert second.network is network and state.optimiser is optimiser
+    assert optimiser.state[next(network.parameters())]["step"].item() == steps_before + 5
+    # another measurement-set size needs another critic
+    critic.fit(p[:, :3], q[:, :3], state)
+    assert state.network is not network and state.network.layers[0].in_features == 3
+    with pytest.raises(TypeError, match="state"):
+        critic.fit(p, q, state="warm")
+
+
+def test_warm_critic_continues_where_a_fresh_one_restarts():
+    """Two warm fits of 75 steps reach the estimate of one 150-step fit (the known distance,
+    as in test_critic_estimates_a_known_distance...); a fresh second fit restarts from
+    scratch and stays at its 75-step value."""
+    train_p, train_q = _shifted_gaussians(512, 2.0, 0)
+    torch.manual_seed(0)
+    warm = Critic(steps=75, hidden=(32,), threshold=None, warm_start=True)
+    state = CriticState()
+    warm.fit(train_p, train_q, state)
+    continued = warm.fit(train_p, train_q, state)
+    torch.manual_seed(0)
+    long = Critic(steps=150, hidden=(32,), threshold=None).fit(train_p, train_q)
+    assert continued.estimate == pytest.approx(long.estimate, rel=0.05)
+
+
+def test_fit_with_a_warm_critic_records_its_steps():
+    prior = fit_gp_prior(
+        _net(),
+        _rbf(),
+        measurement.uniform(-2, 2, 8),
+        seed=0,
+        **{**TINY, "critic": {"steps": 3, "hidden": (16,), "warm_start": True, "threshold": None}},
+    )
+    assert prior.history.critic_steps.tolist() == [3, 3, 3]
+    shorthand = fit_gp_prior(
+        _net(),
+        _rbf(),
+        measurement.uniform(-2, 2, 8),
+        seed=0,
+        critic_steps=2,
+        **{**TINY, "critic": {"hidden": (16,), "threshold": None}},
+    )
+    assert shorthand.history.critic_steps.tolist() == [2, 2, 2]
+    assert "warm_start" in prior.history.settings["critic"]
+
+
+def test_softplus_hyperprior_draws_are_softplus_of_the_lognormal():
+    """Tran et al.'s variance hyperprior: u = exp(z), z ~ N(0.1, 1), variance softplus(u).
+    The median of softplus(u) is softplus(e^0.1) = 1.3937 (softplus is monotone), and no draw
+    falls below softplus(0) = log 2. Under "value" the draws are u itself: median e^0.1 and
+    a fraction Phi((log log 2 - 0.1) / 1) = 0.320 below log 2."""
+    kernel = gpytorch.kernels.ScaleKernel(
+        _rbf(), outputscale_prior=gpytorch.priors.LogNormalPrior(0.1, 1.0)
+    )
+    n = 4000
+    sd = 0.5 / math.sqrt(n)  # binomial sd of the fraction below the true median
+    median = math.log1p(math.exp(math.exp(0.1)))
+    torch.manual_seed(0)
+    soft = GPTarget(kernel, hyperprior_draws="softplus")._batched(n).covar_module.outputscale
+    value = GPTarget(kernel)._batched(n).covar_module.outputscale
+    assert float((soft < median).double().mean()) == pytest.approx(0.5, abs=4 * sd)
+    assert float(soft.min()) >= math.log(2)
+    below = float(stats.norm.cdf(math.log(math.log(2)) - 0.1))
+    assert float((value < math.log(2)).double().mean()) == pytest.approx(
+        below, abs=4 * math.sqrt(below * (1 - below) / n)
+    )
+    assert "softplus" in repr(GPTarget(kernel, hyperprior_draws="softplus"))
+
+
+def test_from_data_box_spans_train_and_test_inputs_but_draws_training_rows():
+    gen = torch.Generator().manual_seed(0)
+    x_train = torch.rand(40, 2, generator=gen, dtype=torch.float64)  # in [0, 1]^2
+    x_test = torch.tensor([[-3.0, 0.5], [0.5, 5.0]], dtype=torch.float64)
+    sampler = measurement.from_data(x_train, 20, uniform_fraction=0.5, x_test=x_test)
+    torch.testing.assert_close(
+        sampler.low, torch.tensor([-3.0, float(x_train[:, 1].min())], dtype=torch.float64)
+    )
+    torch.testing.assert_close(
+        sampler.high, torch.tensor([float(x_train[:, 0].max()), 5.0], dtype=torch.float64)
+    )
+    draws = torch.cat([sampler(gen) for _ in range(20)])
+    is_train = (draws[:, None, :] == x_train[None]).all(-1).any(-1)
+    assert int(is_train.sum()) == 20 * 10
+    assert not bool((draws[:, None, :] == x_test[None]).all(-1).any())
+    outside = ~((draws >= 0) & (draws <= 1)).all(-1)
+    assert bool(outside.any())  # uniform points use the wider box
+    with pytest.raises(ValueError, match="x_test"):
+        measurement.from_data(x_train, 20, x_test=torch.zeros(3, 5))
+
+
+@pytest.mark.parametrize(
+    "kwargs, arg, error",
+    [
+        (dict(parameterisation="exp"), "parameterisation", ValueError),
+        (dict(max_scale=0.0), "max_scale", ValueError),
+        (dict(max_scale={"layers.0.weight": 1.0}), "max_scale", ValueError),
+        (dict(critic_steps=0), "critic_steps", ValueError),
+        (dict(hyperprior_draws="raw"), "hyperprior_draws", ValueError),
+        (dict(critic={"warm_start": "yes"}), "critic.warm_start", TypeError),
+    ],
+)
+def test_new_fit_argument_errors_name_the_argument(kwargs, arg, error):
+    args = dict(net=_net(), kernel=_rbf(), measurement=measurement.uniform(-1, 1, 4), **TINY)
+    args.update(kwargs)
+    with pytest.raises(error, match=arg):
+        fit_gp_prior(**args)

@@ -31,6 +31,7 @@ over outputs. The result is a :class:`~bayesdl.priors.gp_matched.GPMatched` prio
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 import warnings
@@ -46,7 +47,14 @@ from ..functional import batched_forward
 from .gp_families import WeightFamily, make_family
 from .gp_matched import FitHistory, GPMatched
 from .measurement import MeasurementLike, draw
-from .wasserstein import Critic, CriticFit, as_critic, dual_estimate, empirical_wasserstein
+from .wasserstein import (
+    Critic,
+    CriticFit,
+    CriticState,
+    as_critic,
+    dual_estimate,
+    empirical_wasserstein,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     import gpytorch
@@ -141,7 +149,11 @@ def fit_gp_prior(
     num_functions: int = 128,
     critic: Critic | Mapping[str, Any] | None = None,
     lr: float = 0.05,
-    init_scale: float | Mapping[str, float] = 1.0,
+    init_scale: float | Mapping[str, float] | None = None,
+    parameterisation: str = "log",
+    critic_steps: int | None = None,
+    hyperprior_draws: str = "value",
+    max_scale: float | Mapping[str, float] | None = None,
     seed: int | None = None,
     progress: bool = True,
     callbacks: Sequence[Callable[[StepEvent], None]] = (),
@@ -227,15 +239,18 @@ def fit_gp_prior(
     from .gp import GPTarget
 
     net = _check_net(net)
-    target = GPTarget(kernel, mean)
+    target = GPTarget(kernel, mean, hyperprior_draws)
     critic = as_critic(critic)
+    if critic_steps is not None:
+        critic = dataclasses.replace(critic, steps=check_count("critic_steps", critic_steps))
     steps = check_count("steps", steps)
     num_functions = check_count("num_functions", num_functions, minimum=2)
     lr = check_positive("lr", lr)
     if not isinstance(progress, bool):
         raise TypeError(f"progress: expected a bool, got {type(progress).__name__}")
     run_seed, measure_seed, display_seed = child_seeds(seed, 3)
-    weight_family = make_family(net, family, per, init_scale)
+    weight_family = make_family(net, family, per, init_scale, parameterisation, max_scale)
+    state = CriticState() if critic.warm_start else None
     dtype, device = weight_family.dtype, weight_family.device
     generator = torch.Generator().manual_seed(measure_seed)
     first = draw(measurement, generator)
@@ -258,7 +273,7 @@ def fit_gp_prior(
             nonlocal committed
             x = draw(measurement, generator).to(device, dtype)
             value, fit = _outer_step(
-                net, weight_family, target, critic, optimiser, x, num_functions, outputs
+                net, weight_family, target, critic, optimiser, x, num_functions, outputs, state
             )
             if not (math.isfinite(value) and weight_family.finite()):
                 return {"finite": False, "distance": value}
@@ -297,7 +312,18 @@ def fit_gp_prior(
             "steps": steps,
             "num_functions": num_functions,
             "lr": lr,
-            "init_scale": init_scale if isinstance(init_scale, float | int) else "per tensor",
+            "init_scale": (
+                init_scale
+                if init_scale is None or isinstance(init_scale, float | int)
+                else "per tensor"
+            ),
+            "parameterisation": weight_family.parameterisation,
+            "hyperprior_draws": hyperprior_draws,
+            "max_scale": (
+                max_scale
+                if max_scale is None or isinstance(max_scale, float | int)
+                else "per tensor"
+            ),
             "seed": -1 if seed is None else int(seed),
             "outputs": outputs,
             "kernel": repr(target.kernel),
@@ -340,6 +366,7 @@ def _outer_step(
     x: Tensor,
     num_functions: int,
     outputs: int,
+    state: CriticState | None = None,
 ) -> tuple[float, CriticFit]:
     """One prior update at measurement set ``x`` (steps 2 and 3 of the module docstring).
 
@@ -349,7 +376,7 @@ def _outer_step(
     n = num_functions
     with torch.no_grad():
         f_critic = prior_functions(net, family.rsample(n), x)
-    fit = critic.fit(f_critic, target.sample(x, n * outputs).to(x.dtype))
+    fit = critic.fit(f_critic, target.sample(x, n * outputs).to(x.dtype), state)
     f = prior_functions(net, family.rsample(n), x)
     g = target.sample(x, n * outputs).to(x.dtype)
     distance = outputs * dual_estimate(fit.network, f, g)
@@ -358,6 +385,7 @@ def _outer_step(
         optimiser.zero_grad(set_to_none=True)
         distance.backward()
         optimiser.step()
+        family.project()
     return value, fit
 
 

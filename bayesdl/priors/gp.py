@@ -14,7 +14,14 @@ a *hierarchical* GP: every function draw gets its own hyperparameters from those
     \eta_s \sim p(\eta), \qquad f_s(X_M) \mid \eta_s \sim \mathcal N(m_{\eta_s}(X_M),
     K_{\eta_s}),
 
-evaluated for all draws at once with gpytorch's batch mode. The Cholesky factor is computed in
+evaluated for all draws at once with gpytorch's batch mode. With ``hyperprior_draws="softplus"``
+a draw :math:`u \sim p(\eta)` is used the way Tran et al.'s code uses it: written into the
+*raw* (softplus-constrained) parameter, so the hyperparameter is
+:math:`\eta = \mathrm{softplus}(u) = \log(1 + e^u)`. For their UCI variance hyperprior
+:math:`\log u \sim \mathcal N(0.1, 1)` the effective variance has median
+:math:`\mathrm{softplus}(e^{0.1}) = 1.39`, not :math:`e^{0.1} = 1.11`, and never falls below
+:math:`\log 2 = 0.69`. The default ``"value"`` uses the draw as the hyperparameter (the prior
+means what it says). The Cholesky factor is computed in
 float64 with a jitter :math:`\epsilon \bar K I` (:math:`\bar K` the mean of the diagonal) that
 starts at :math:`\epsilon = 10^{-6}` and doubles until the factorisation succeeds, as in Tran
 et al.'s reference code.
@@ -28,7 +35,10 @@ import gpytorch
 import torch
 from torch import Tensor
 
-__all__ = ["GPTarget", "cholesky_with_jitter"]
+__all__ = ["HYPERPRIOR_DRAWS", "GPTarget", "cholesky_with_jitter"]
+
+#: How a hyperprior draw becomes a hyperparameter: as is, or through softplus (Tran et al.).
+HYPERPRIOR_DRAWS = ("value", "softplus")
 
 _INITIAL_JITTER = 1e-6
 _MAX_JITTER = 1e-1
@@ -97,6 +107,10 @@ class GPTarget:
         for every function draw (a hierarchical GP).
     mean
         A ``gpytorch.means.Mean``, or ``None`` for the zero mean.
+    hyperprior_draws
+        ``"value"``: a hyperprior draw is the hyperparameter; ``"softplus"``: the
+        hyperparameter is softplus of the draw, as in Tran et al.'s code (see the module
+        docstring).
 
     Notes
     -----
@@ -106,8 +120,16 @@ class GPTarget:
     """
 
     def __init__(
-        self, kernel: gpytorch.kernels.Kernel, mean: gpytorch.means.Mean | None = None
+        self,
+        kernel: gpytorch.kernels.Kernel,
+        mean: gpytorch.means.Mean | None = None,
+        hyperprior_draws: str = "value",
     ) -> None:
+        if hyperprior_draws not in HYPERPRIOR_DRAWS:
+            raise ValueError(
+                f"hyperprior_draws: must be one of {HYPERPRIOR_DRAWS}, got {hyperprior_draws!r}"
+            )
+        self.hyperprior_draws = hyperprior_draws
         if not isinstance(kernel, gpytorch.kernels.Kernel):
             raise TypeError(
                 f"kernel: expected a gpytorch.kernels.Kernel, got {type(kernel).__name__}"
@@ -202,10 +224,14 @@ class GPTarget:
             shape = closure(owner).shape
             if prior.batch_shape + prior.event_shape != shape:
                 prior = prior.expand(shape)
-            samples[name] = prior.sample((num_functions,))
+            sample = prior.sample((num_functions,))
+            if self.hyperprior_draws == "softplus":
+                sample = torch.nn.functional.softplus(sample)
+            samples[name] = sample
         module.pyro_load_from_samples(samples)
         return module
 
     def __repr__(self) -> str:
         kind = "hierarchical " if self.hierarchical else ""
-        return f"GPTarget({kind}kernel={self.kernel!r}, mean={type(self.mean).__name__})"
+        draws = ", hyperprior_draws='softplus'" if self.hyperprior_draws == "softplus" else ""
+        return f"GPTarget({kind}kernel={self.kernel!r}, mean={type(self.mean).__name__}{draws})"

@@ -97,20 +97,31 @@ class Uniform(MeasurementSampler):
         return self.low + (self.high - self.low) * u
 
 
+def _matrix(name: str, x: Tensor) -> Tensor:
+    """``x`` as a checked float64 matrix ``(N, d)`` (errors name ``name``)."""
+    x = as_tensor(name, x)
+    if not x.is_floating_point():
+        x = x.to(torch.float64)
+    if x.dim() != 2 or x.shape[0] == 0:
+        raise ValueError(f"{name}: expected a non-empty matrix (N, d), got {tuple(x.shape)}")
+    check_finite(name, x)
+    return x.detach().to(torch.float64).clone()
+
+
 class FromData(MeasurementSampler):
     """A random subset of inputs mixed with uniform points in their bounding box.
 
     See :func:`from_data`.
     """
 
-    def __init__(self, x: Tensor, num_points: int, uniform_fraction: float = 0.3) -> None:
-        x = as_tensor("x", x)
-        if not x.is_floating_point():
-            x = x.to(torch.float64)
-        if x.dim() != 2 or x.shape[0] == 0:
-            raise ValueError(f"x: expected a non-empty matrix (N, d), got {tuple(x.shape)}")
-        check_finite("x", x)
-        self.x = x.detach().to(torch.float64).clone()
+    def __init__(
+        self,
+        x: Tensor,
+        num_points: int,
+        uniform_fraction: float = 0.3,
+        x_test: Tensor | None = None,
+    ) -> None:
+        self.x = _matrix("x", x)
         self.num_points = check_count("num_points", num_points)
         self.uniform_fraction = check_probability(
             "uniform_fraction", uniform_fraction, open_interval=False
@@ -123,7 +134,15 @@ class FromData(MeasurementSampler):
                 f"{self.x.shape[0]} rows; lower num_points or raise uniform_fraction"
             )
         self.dim = self.x.shape[1]
-        low, high = self.x.min(0).values, self.x.max(0).values
+        box = self.x
+        if x_test is not None:
+            x_test = _matrix("x_test", x_test)
+            if x_test.shape[1] != self.dim:
+                raise ValueError(
+                    f"x_test: has {x_test.shape[1]} features but x has {self.dim}; they must match"
+                )
+            box = torch.cat([self.x, x_test])
+        low, high = box.min(0).values, box.max(0).values
         # A constant feature gives a flat box side; widen it so uniform draws stay defined.
         flat = high <= low
         self.low = torch.where(flat, low - 0.5, low)
@@ -177,13 +196,17 @@ def grid(low: Bound, high: Bound, num_points: int) -> Tensor:
     return torch.stack([m.reshape(-1) for m in mesh], dim=-1)
 
 
-def from_data(x: Tensor, num_points: int, uniform_fraction: float = 0.3) -> FromData:
+def from_data(
+    x: Tensor, num_points: int, uniform_fraction: float = 0.3, x_test: Tensor | None = None
+) -> FromData:
     """A sampler mixing training inputs with uniform points in their bounding box.
 
     Each draw holds ``round((1 - uniform_fraction) * num_points)`` rows of ``x`` picked without
-    replacement and the rest drawn uniformly in the box ``[min(x), max(x)]`` (per feature).
-    Tran et al. (2022) use 100 points with 30% uniform for the UCI sets; pass the union of
-    training and test inputs as ``x`` to reproduce their box exactly.
+    replacement and the rest drawn uniformly in the box ``[min(x), max(x)]`` (per feature), or
+    in the bounding box of ``x`` and ``x_test`` together when ``x_test`` is given. Tran et al.
+    (2022) use 100 points with 30% uniform for the UCI sets, the data points from the training
+    inputs and the box over training and test inputs: ``from_data(x_train, 100, 0.3,
+    x_test=x_test)``. Test inputs only widen the box; no test row is ever drawn.
 
     Parameters
     ----------
@@ -193,8 +216,10 @@ def from_data(x: Tensor, num_points: int, uniform_fraction: float = 0.3) -> From
         ``M``, points per draw.
     uniform_fraction
         Fraction of uniform points, in ``[0, 1]``.
+    x_test
+        Optional further inputs ``(N', d)`` (test inputs) whose range widens the box.
     """
-    return FromData(x, num_points, uniform_fraction)
+    return FromData(x, num_points, uniform_fraction, x_test)
 
 
 def draw(measurement: MeasurementLike, generator: torch.Generator) -> Tensor:
