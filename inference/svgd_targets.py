@@ -84,6 +84,7 @@ class _BNNTarget:
         ssge_eta: float,
         ssge_threshold: float | None,
         seeds: Sequence[int],
+        function_space: str = "logits",
     ) -> None:
         self.bnn = bnn
         self.num_data = num_data
@@ -97,6 +98,7 @@ class _BNNTarget:
         self.prior_draws = prior_draws
         self.ssge_eta = ssge_eta
         self.ssge_threshold = ssge_threshold
+        self.probs = function_space == "probs"
         self.generator = torch.Generator().manual_seed(seeds[1])
         self.prior_stream = PrivateStream(seeds[2], bnn.device)
         temperature = bnn.temperature
@@ -148,15 +150,22 @@ class _BNNTarget:
         x = xb if extra is None else torch.cat([xb, extra])
         with torch.enable_grad():
             leaf = theta.detach().requires_grad_(True)
-            f = self.bnn.forward(leaf, x)
+            f = self._outputs(leaf, x)
         return _Functions(leaf, f, f.detach().flatten(1), x, xb.shape[0])
+
+    def _outputs(self, theta: Tensor, x: Tensor) -> Tensor:
+        """The functions the kernel compares: the outputs, or class probabilities."""
+        f = self.bnn.forward(theta, x)
+        return torch.softmax(f, -1) if self.probs else f
 
     def function_score(self, fun: _Functions, batch: tuple[Tensor, Tensor]) -> Tensor:
         """Tempered function-space posterior score at the particles, ``(P, N_M * C)``."""
         yb = batch[1]
         with torch.enable_grad():
             fb = fun.f.detach()[:, : fun.batch_size].requires_grad_(True)
-            lik = self.bnn.likelihood.log_prob(fb, yb, {}).sum()
+            # log-probabilities are logits whose softmax is the probabilities themselves
+            logits = fb.log() if self.probs else fb
+            lik = self.bnn.likelihood.log_prob(logits, yb, {}).sum()
             (lik_score,) = torch.autograd.grad(lik, fb)
         scale = self.num_data / fun.batch_size * self.lik_factor
         score = torch.zeros_like(fun.f)
@@ -175,7 +184,7 @@ class _BNNTarget:
         with self.prior_stream, torch.no_grad():
             draws = self.bnn.sample_prior(self.prior_draws)
         with torch.no_grad():
-            prior_f = self.bnn.forward(draws, fun.x).flatten(1)
+            prior_f = self._outputs(draws, fun.x).flatten(1)
         return ssge_score(prior_f, fun.flat, eta=self.ssge_eta, threshold=self.ssge_threshold)
 
 

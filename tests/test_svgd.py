@@ -223,6 +223,96 @@ def test_callbacks_see_the_particles_and_step_statistics():
     assert not torch.equal(seen[0][2], seen[-1][2])
 
 
+# ------------------------------------------------------------------------------ initialisation
+def test_net_init_draws_fresh_networks_at_the_modules_own_scale(seed):
+    """init="net": particles differ, repeat with the seed, and each layer's weights and biases
+    have the variance of PyTorch's Linear initialisation, U(-b, b) with b = 1/sqrt(fan_in):
+    b^2/3, checked against the standard error of a sample variance, b^2 sqrt((1/5-1/9)/n)."""
+    torch.manual_seed(seed)
+    bnn = BNN(MLP(30, [40], 3).to(DTYPE), priors.Gaussian(1.0), likelihoods.Categorical())
+    svgd = SVGD(particles=20)
+    theta = svgd._draw_initial(bnn, seed)
+    assert torch.equal(theta, svgd._draw_initial(bnn, seed))
+    assert not torch.equal(theta, svgd._draw_initial(bnn, seed + 1))
+    assert torch.pdist(theta).min() > 0
+    sites = bnn.unravel(theta)
+    for name, fan_in in [("layers.0", 30), ("layers.1", 40)]:
+        for part in ("weight", "bias"):
+            values = sites[f"{name}.{part}"].flatten()
+            bound = 1 / math.sqrt(fan_in)
+            assert values.abs().max() <= bound
+            se = bound**2 * math.sqrt((1 / 5 - 1 / 9) / len(values))
+            assert abs(float(values.var()) - bound**2 / 3) < 4 * se, (name, part)
+    prior = SVGD(particles=20, init="prior")._draw_initial(bnn, seed)
+    torch.testing.assert_close(prior, bnn.init_theta(20, seed))
+    assert prior.std() > 5 * theta.std()  # N(0, 1) draws: sd 1 against about 0.1
+
+
+def test_init_options_and_their_errors(seed):
+    bnn, x, y = classifier(seed)
+    fixed = bnn.init_theta(3, seed, init="net")
+    post = SVGD(particles=3, steps=1, lr=1e-12, init=lambda b, p, s: fixed).fit(
+        bnn, x, y, seed=seed, progress=False
+    )
+    torch.testing.assert_close(post.theta[0], fixed)
+    assert post.attrs["init"] == "callable"
+    with pytest.raises(ValueError, match="init"):
+        SVGD(particles=3, init="kaiming")
+    with pytest.raises(ValueError, match="init"):
+        SVGD(particles=3, steps=1, init=lambda b, p, s: fixed[:2]).fit(bnn, x, y, progress=False)
+    with pytest.raises(TypeError, match="init"):
+        SVGD(particles=3, steps=1, init=lambda b, p, s: None).fit(bnn, x, y, progress=False)
+
+    class Scaled(torch.nn.Module):  # a parameter whose module has no reset_parameters()
+        def __init__(self):
+            super().__init__()
+            self.scale = torch.nn.Parameter(torch.ones(4, 3, dtype=DTYPE))
+
+        def forward(self, inputs):
+            return inputs @ self.scale
+
+    custom = BNN(Scaled(), priors.Gaussian(1.0), likelihoods.Categorical())
+    with pytest.raises(ValueError, match="reset_parameters"):
+        SVGD(particles=3, steps=1).fit(custom, x, y, progress=False)
+    SVGD(particles=3, steps=1, init="prior").fit(custom, x, y, progress=False)
+
+
+def test_off_data_measurement_with_a_few_prior_draws_warns(seed):
+    bnn, x, y = classifier(seed)
+    pool = torch.randn(30, 4, dtype=DTYPE)
+    with pytest.warns(UserWarning, match="over-spread"):
+        SVGD(particles=3, kernel="function", steps=1, measurement=pool).fit(
+            bnn, x, y, seed=seed, progress=False
+        )
+
+
+def test_probs_function_space_scores_and_compares_probabilities(seed):
+    """function_space="probs": the kernel sees softmax outputs, and the likelihood's score in
+    probability space is d/dp_c log(p_y / sum_c' p_c') = [y = c] / p_c - 1 per example (times
+    num_data / B). The -1 (normalisation) is constant across classes, so the softmax Jacobian
+    pulls it back to zero."""
+    bnn, x, y = classifier(seed, n=6)
+    svgd = SVGD(particles=3, kernel="function", function_space="probs", prior_score=zero_prior)
+    target = svgd._target(bnn, x, y, len(x), None, [0, 1, 2])
+    theta = bnn.init_theta(3, seed)
+    batch = target.next_batch()
+    fun = target.functions(theta, batch)
+    probs = torch.softmax(bnn.forward(theta, x), -1)
+    torch.testing.assert_close(fun.flat, probs.flatten(1))
+    onehot = torch.nn.functional.one_hot(batch[1], 3)
+    expected = onehot / probs[:, torch.arange(6), batch[1]][..., None] - 1
+    torch.testing.assert_close(target.function_score(fun, batch), expected.flatten(1))
+    regression, xr, yr = regression_1d(seed)
+    with pytest.raises(ValueError, match="function_space"):
+        SVGD(particles=3, kernel="function", function_space="probs").fit(regression, xr, yr)
+    with pytest.raises(ValueError, match="function_space"):
+        SVGD(particles=3, function_space="softmax")
+
+
+def zero_prior(f, inputs):
+    return torch.zeros_like(f)
+
+
 # ------------------------------------------------------------------------------ the update
 def test_pull_back_is_the_jacobian_transpose_product(seed):
     """f-SVGD's weight update is J_i^T phi_f[i], checked against an explicit Jacobian."""
@@ -397,9 +487,10 @@ def test_repulsion_spreads_the_functions_beyond_a_map_ensemble(seed):
     grid = torch.linspace(-3, 3, 61, dtype=DTYPE)[:, None]
     settings = dict(particles=8, steps=300, lr=0.01)
     ensemble = SVGD(kernel=None, **settings).fit(bnn, x, y, seed=seed, progress=False)
-    fsvgd = SVGD(kernel="function", measurement=uniform_domain(x, 20, 0.5), **settings).fit(
-        bnn, x, y, seed=seed, progress=False
-    )
+    with pytest.warns(UserWarning, match="over-spread"):  # few prior draws off the data
+        fsvgd = SVGD(kernel="function", measurement=uniform_domain(x, 20, 0.5), **settings).fit(
+            bnn, x, y, seed=seed, progress=False
+        )
 
     def spread(post):
         return float(post.predict(grid).samples[0, :, :, 0].std(0).mean())
@@ -413,8 +504,13 @@ VARIANTS = {
     "weight-imq-annealed": dict(kernel=IMQ(), anneal="hyper"),
     "function": dict(kernel="function"),
     "function-imq-pool": dict(
-        kernel=IMQ("function"), measurement=torch.randn(30, 4, dtype=DTYPE), measurement_size=5
+        kernel=IMQ("function"),
+        measurement=torch.randn(30, 4, dtype=DTYPE),
+        measurement_size=5,
+        prior_draws=100,  # off-data points need many prior draws (else a warning)
     ),
+    "function-probs": dict(kernel="function", function_space="probs"),
+    "hybrid-probs": dict(kernel="hybrid", function_space="probs"),
     "function-domain-gp": dict(
         kernel="function",
         measurement=uniform_domain(torch.randn(10, 4, dtype=DTYPE), 6),
