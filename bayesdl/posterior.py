@@ -14,7 +14,7 @@ import math
 import os
 import pickle
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +24,14 @@ from torch import Tensor
 
 from ._seeding import seeded
 from .arviz_bridge import from_groups
-from .diagnostics import accuracy, brier_score, expected_calibration_error, rmse
+from .diagnostics import (
+    MemberStatistics,
+    accuracy,
+    brier_score,
+    expected_calibration_error,
+    ood_auroc,
+    rmse,
+)
 from .likelihoods import Likelihood
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -41,6 +48,40 @@ _EXTENDED_FORMATS = {
     "bayesdl.SparsePosterior/1": "bayesdl.inference.sparse_posterior:SparsePosterior",
 }
 _MAX_ELEMENTS = 2**24  # network outputs held at once while predicting
+#: Class probabilities per chunk of draws while accumulating OOD and diversity statistics (each
+#: element is held in float64 several times over: probabilities, their logs, votes).
+_MAX_STAT_ELEMENTS = 2**22
+
+
+def _member_class_probs(
+    likelihood: Likelihood, f: Tensor, latents: Mapping[str, Tensor]
+) -> tuple[Tensor, Tensor]:
+    """Class probabilities and their logs per draw, ``(S, N, C)`` in float64, from outputs ``f``.
+
+    Read from the likelihood's predictive distribution: a ``Categorical`` gives ``C`` classes,
+    a ``Bernoulli`` two (``P(y=0)``, ``P(y=1)``). The logs come from the logits
+    (``log_softmax``, ``logsigmoid``), so they stay finite where the probabilities underflow.
+    """
+    predictive = likelihood.predictive(f.double(), latents)
+    if isinstance(predictive, torch.distributions.Categorical):
+        log_probs = torch.log_softmax(predictive.logits, dim=-1)
+    elif isinstance(predictive, torch.distributions.Bernoulli):
+        logits = predictive.logits
+        log_probs = torch.stack(
+            [torch.nn.functional.logsigmoid(-logits), torch.nn.functional.logsigmoid(logits)],
+            dim=-1,
+        )
+    else:
+        raise ValueError(
+            f"likelihood: class probabilities need a Categorical or Bernoulli predictive "
+            f"distribution, {type(likelihood).__name__} gives {type(predictive).__name__}"
+        )
+    return log_probs.exp(), log_probs
+
+
+def _stats_chunk(chunk_size: int | None, n: int, out: int) -> int:
+    """Draws per chunk when accumulating member statistics at ``n`` inputs, ``out`` outputs."""
+    return chunk_size or max(1, _MAX_STAT_ELEMENTS // (n * max(out, 2)))
 
 
 class Predictive:
@@ -101,6 +142,46 @@ class Predictive:
         :math:`\log \frac1S \sum_s p(y_n \mid \theta_s)`."""
         ll = self.log_likelihood(y).flatten(0, 1)
         return torch.logsumexp(ll, dim=0) - math.log(ll.shape[0])
+
+    def _require_classifier(self, what: str) -> None:
+        if not self.likelihood.is_classifier:
+            raise ValueError(
+                f"{what}: needs class probabilities, but the likelihood "
+                f"({type(self.likelihood).__name__}) is not a classifier"
+            )
+
+    def member_probs(self) -> Tensor:
+        """Class probabilities of every draw, ``(chains * draws, N, C)``, float64 (classifiers).
+
+        The input of the member-level metrics of :mod:`bayesdl.diagnostics`
+        (:func:`~bayesdl.diagnostics.ood_scores`,
+        :func:`~bayesdl.diagnostics.functional_diversity`, ...). A ``Bernoulli`` classifier gives
+        ``C = 2`` columns, ``P(y=0)`` and ``P(y=1)``. This holds all draws at once; for many draws
+        prefer :meth:`member_statistics`, which accumulates in chunks.
+        """
+        self._require_classifier("member_probs")
+        return _member_class_probs(self.likelihood, *self._flat())[0]
+
+    def member_statistics(self, chunk_size: int | None = None) -> MemberStatistics:
+        """The draws' class probabilities summarised for OOD scores and diversity (classifiers).
+
+        Accumulated over chunks of draws into ``O(N C)`` sums
+        (:class:`~bayesdl.diagnostics.MemberStatistics`), so the ``(S, N, C)`` probabilities
+        are never held at once.
+
+        Parameters
+        ----------
+        chunk_size
+            Draws converted to probabilities at once (default: about 4M class probabilities).
+        """
+        self._require_classifier("member_statistics")
+        f, latents = self._flat()
+        stats = MemberStatistics()
+        chunk = _stats_chunk(chunk_size, f.shape[1], f.shape[-1])
+        for i in range(0, f.shape[0], chunk):
+            part = {k: v[i : i + chunk] for k, v in latents.items()}
+            stats.update(*_member_class_probs(self.likelihood, f[i : i + chunk], part))
+        return stats
 
     def sample(self, seed: int | None = None) -> Tensor:
         """One draw of ``y`` from the likelihood per posterior draw, ``(chains, draws, N, ...)``."""
@@ -228,22 +309,63 @@ class Posterior:
         """
         bnn = self._require_bnn("predict")
         x = bnn.check_inputs(x)
-        flat = self.theta.flatten(0, 1).to(device=bnn.device, dtype=bnn.dtype)
-        out = bnn.out_features(x)
-        chunk = chunk_size or max(1, _MAX_ELEMENTS // (x.shape[0] * out))
-        with torch.no_grad():
-            f = torch.cat([bnn.forward(flat[i : i + chunk], x) for i in range(0, len(flat), chunk)])
-            values = bnn.unravel(self.theta)
-        latents = {k: values[k] for k in bnn.likelihood.latent_sites()}
+        chunk = chunk_size or max(1, _MAX_ELEMENTS // (x.shape[0] * bnn.out_features(x)))
+        f = torch.cat([f for f, _ in self._output_chunks(x, chunk)])
         samples = f.reshape(self.num_chains, self.num_draws, *f.shape[1:])
-        return Predictive(samples, bnn.likelihood, latents, lambda y: bnn.check_data(x, y)[1])
+        return Predictive(
+            samples, bnn.likelihood, self._latents(), lambda y: bnn.check_data(x, y)[1]
+        )
 
-    def evaluate(self, x: Tensor, y: Tensor, *, y_scale: float = 1.0) -> dict[str, float]:
-        """Predictive metrics on held-out data.
+    def _latents(self) -> dict[str, Tensor]:
+        """The likelihood's latent sites (a learned noise scale), ``(chains, draws, *shape)``."""
+        assert self.bnn is not None
+        with torch.no_grad():
+            values = self.bnn.unravel(self.theta)
+        return {k: values[k] for k in self.bnn.likelihood.latent_sites()}
+
+    def _output_chunks(self, x: Tensor, chunk: int) -> Iterator[tuple[Tensor, dict[str, Tensor]]]:
+        """Network outputs ``(chunk, N, out)`` at checked inputs ``x`` for successive chunks of
+        the flattened draws, with the matching latent values."""
+        bnn = self.bnn
+        assert bnn is not None
+        flat = self.theta.flatten(0, 1).to(device=bnn.device, dtype=bnn.dtype)
+        latents = {k: v.flatten(0, 1) for k, v in self._latents().items()}
+        for i in range(0, len(flat), chunk):
+            with torch.no_grad():
+                f = bnn.forward(flat[i : i + chunk], x)
+            yield f, {k: v[i : i + chunk] for k, v in latents.items()}
+
+    def evaluate(
+        self,
+        x: Tensor,
+        y: Tensor,
+        *,
+        y_scale: float = 1.0,
+        ood_x: Tensor | None = None,
+        chunk_size: int | None = None,
+    ) -> dict[str, float]:
+        r"""Predictive metrics on held-out data, and for classifiers OOD detection and diversity.
 
         Regression: ``rmse`` of the predictive mean and ``nll``, the mean negative log
-        posterior predictive density. Classification adds ``accuracy``, ``ece`` (15 bins) and
-        ``brier``.
+        posterior predictive density. Classification: ``accuracy``, ``nll``, ``ece`` (15 bins)
+        and ``brier``, plus with ``ood_x``:
+
+        - ``auroc_entropy``, ``auroc_mutual_information``, ``auroc_std``: AUROC of telling
+          ``ood_x`` from ``x`` by the predictive entropy of the mean class probabilities, by the
+          mutual information (BALD: entropy of the mean minus the draws' mean entropy), and by
+          the draws' standard deviation of the class probabilities averaged over classes
+          (D'Angelo, Fortuin & Wenzel 2021); see :func:`~bayesdl.diagnostics.ood_scores`.
+        - ``disagreement``, ``pairwise_kl``: functional diversity of the draws on ``x``, the
+          mean pairwise disagreement of their predicted classes and the mean pairwise
+          :math:`\mathrm{KL}(p_i \| p_j)` over ordered pairs
+          (:func:`~bayesdl.diagnostics.functional_diversity`); NaN with a single draw.
+        - ``disagreement_ood``, ``pairwise_kl_ood``: the same on ``ood_x``.
+
+        Every draw (chains and draws together; SVGD particles, ensemble members, VI draws) is a
+        member, so these work for every backend. The class probabilities are never held for all
+        draws at once: they are accumulated over chunks of draws in float64
+        (:meth:`Predictive.member_statistics`), from the outputs :meth:`predict` already holds
+        at ``x``, and from outputs computed and dropped chunk by chunk at ``ood_x``.
 
         Parameters
         ----------
@@ -253,19 +375,46 @@ class Posterior:
             Standard deviation used to standardise the targets (``Dataset.y_scale``): metrics are
             then reported in the original units (``rmse * y_scale``,
             ``nll + out * log(y_scale)``).
+        ood_x
+            Out-of-distribution inputs, shaped like ``x`` (classifiers only: a regression model
+            raises ``ValueError``, since these scores need class probabilities; score OOD
+            inputs of a regression by hand, e.g. ``ood_auroc(pred_in.std, pred_out.std)``).
+        chunk_size
+            Draws evaluated at once (default: a memory budget, as in :meth:`predict`).
+
+        Raises
+        ------
+        ValueError
+            Naming ``x``, ``y``, ``y_scale`` or ``ood_x``.
         """
         bnn = self._require_bnn("evaluate")
         x, y = bnn.check_data(x, y)
-        pred = self.predict(x)
+        if ood_x is not None:
+            if not bnn.likelihood.is_classifier:
+                raise ValueError(
+                    "ood_x: OOD and diversity metrics need class probabilities, but the "
+                    f"likelihood ({type(bnn.likelihood).__name__}) is a regression likelihood; "
+                    "score OOD inputs of a regression by hand, e.g. with "
+                    "diagnostics.ood_auroc(pred_in.std, pred_out.std)"
+                )
+            ood_x = _check_named_inputs(bnn, ood_x, "ood_x")
+            if ood_x.shape[1:] != x.shape[1:]:
+                raise ValueError(
+                    f"ood_x: rows of shape {tuple(ood_x.shape[1:])}, x has {tuple(x.shape[1:])}"
+                )
+        pred = self.predict(x, chunk_size=chunk_size)
         nll = -float(pred.log_prob(y).mean())
         if bnn.likelihood.is_classifier:
             probs = pred.mean
-            return {
+            metrics = {
                 "accuracy": accuracy(probs, y),
                 "nll": nll,
                 "ece": expected_calibration_error(probs, y),
                 "brier": brier_score(probs, y),
             }
+            if ood_x is not None:
+                metrics.update(self._ood_metrics(pred, ood_x, chunk_size))
+            return metrics
         scale = float(y_scale)
         if not math.isfinite(scale) or scale <= 0:
             raise ValueError(f"y_scale: must be a finite number > 0, got {y_scale!r}")
@@ -273,6 +422,26 @@ class Posterior:
             "rmse": rmse(pred.mean, y) * scale,
             "nll": nll + y.shape[-1] * math.log(scale),
         }
+
+    def _ood_metrics(
+        self, pred: Predictive, ood_x: Tensor, chunk_size: int | None
+    ) -> dict[str, float]:
+        """OOD AUROCs and diversity from the predictions at ``x`` and draws streamed at ``ood_x``
+        (whose outputs are never all held at once)."""
+        assert self.bnn is not None
+        stats_in = pred.member_statistics(chunk_size)
+        stats_out = MemberStatistics()
+        out = self.bnn.out_features(ood_x)
+        chunk = _stats_chunk(chunk_size, ood_x.shape[0], out)
+        for f, latents in self._output_chunks(ood_x, chunk):
+            stats_out.update(*_member_class_probs(self.bnn.likelihood, f, latents))
+        scores_in, scores_out = stats_in.ood_scores(), stats_out.ood_scores()
+        metrics = {f"auroc_{k}": ood_auroc(scores_in[k], scores_out[k]) for k in scores_in}
+        for suffix, stats in (("", stats_in), ("_ood", stats_out)):
+            many = stats.count >= 2
+            metrics[f"disagreement{suffix}"] = stats.disagreement() if many else math.nan
+            metrics[f"pairwise_kl{suffix}"] = stats.pairwise_kl() if many else math.nan
+        return metrics
 
     # ------------------------------------------------------------------ ArviZ
     def to_arviz(
@@ -396,6 +565,19 @@ class Posterior:
             partial=payload["partial"],
             attrs=payload["attrs"],
         )
+
+
+def _check_named_inputs(bnn: BNN, x: object, name: str) -> Tensor:
+    """``bnn.check_inputs`` for an argument not called ``x``: its errors name ``name``."""
+    try:
+        return bnn.check_inputs(x)
+    except (TypeError, ValueError) as err:
+        message = str(err)
+        if message.startswith("x:"):
+            message = f"{name}:{message[2:]}"
+        elif not message.startswith(f"{name}:"):
+            message = f"{name}: {message}"
+        raise type(err)(message) from None
 
 
 def _np(value: Tensor) -> np.ndarray:

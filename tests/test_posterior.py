@@ -12,7 +12,7 @@ import torch
 
 matplotlib.use("Agg")
 
-from bayesdl import Posterior, likelihoods, priors
+from bayesdl import Posterior, diagnostics, likelihoods, priors
 from bayesdl.arviz_bridge import import_arviz
 from bayesdl.models import BNN, MLP
 
@@ -172,3 +172,72 @@ def test_posterior_checks():
     bare = Posterior(post.theta, None)
     assert set(bare.sites()) == {"theta"}
     assert bare.to_arviz().posterior["theta"].shape == (C, S, post.bnn.num_params)
+
+
+OOD_KEYS = {
+    "auroc_entropy",
+    "auroc_mutual_information",
+    "auroc_std",
+    "disagreement",
+    "pairwise_kl",
+    "disagreement_ood",
+    "pairwise_kl_ood",
+}
+
+
+def test_evaluate_with_ood_inputs_reports_every_score():
+    post, x, y = _classifier()
+    ood_x = 4 + 3 * torch.randn(10, 2, generator=torch.Generator().manual_seed(1))
+    m = post.evaluate(x, y, ood_x=ood_x)
+    assert set(m) == {"accuracy", "nll", "ece", "brier"} | OOD_KEYS
+    assert m == pytest.approx(post.evaluate(x, y) | {k: m[k] for k in OOD_KEYS})
+    for k in ("auroc_entropy", "auroc_mutual_information", "auroc_std"):
+        assert 0 <= m[k] <= 1
+    assert 0 < m["disagreement"] <= 1 and 0 < m["disagreement_ood"] <= 1
+    assert m["pairwise_kl"] > 0 and m["pairwise_kl_ood"] > 0
+    # the same numbers as the diagnostics functions on every draw's class probabilities
+    probs_in, probs_out = post.predict(x).member_probs(), post.predict(ood_x).member_probs()
+    assert probs_in.shape == (C * S, 15, 3)
+    expected = diagnostics.ood_aurocs(probs_in, probs_out)
+    expected |= diagnostics.functional_diversity(probs_in)
+    expected |= {f"{k}_ood": v for k, v in diagnostics.functional_diversity(probs_out).items()}
+    assert {k: m[k] for k in OOD_KEYS} == pytest.approx(expected, rel=1e-9)
+    # draws taken in uneven chunks give the same result
+    assert post.evaluate(x, y, ood_x=ood_x, chunk_size=7) == pytest.approx(m, rel=1e-9)
+
+
+def test_evaluate_ood_for_a_binary_classifier_and_one_draw():
+    torch.manual_seed(0)
+    bnn = BNN(MLP(2, [5], 1), priors.Gaussian(1.0), likelihoods.Bernoulli())
+    post = Posterior(torch.randn(2, 6, bnn.num_params), bnn)
+    x, ood_x = torch.randn(9, 2), 5 * torch.randn(7, 2)
+    y = torch.randint(0, 2, (9,))
+    m = post.evaluate(x, y, ood_x=ood_x)
+    assert OOD_KEYS <= set(m)
+    probs = post.predict(x).member_probs()
+    assert probs.shape == (12, 9, 2)
+    torch.testing.assert_close(probs[..., 1].mean(0), post.predict(x).mean.double())
+    assert m["auroc_std"] == pytest.approx(
+        diagnostics.ood_auroc(
+            diagnostics.member_std(probs[..., 1]),
+            diagnostics.member_std(post.predict(ood_x).member_probs()),
+        )
+    )
+    one = Posterior(post.theta[:1, :1], bnn).evaluate(x, y, ood_x=ood_x)
+    assert math.isnan(one["disagreement"]) and math.isnan(one["pairwise_kl_ood"])
+    assert one["auroc_mutual_information"] == 0.5 and one["auroc_std"] == 0.5
+
+
+def test_evaluate_ood_checks_its_argument():
+    post, x, y = _classifier()
+    with pytest.raises(ValueError, match="ood_x"):
+        post.evaluate(x, y, ood_x=torch.randn(5))
+    with pytest.raises(ValueError, match="ood_x"):
+        post.evaluate(x, y, ood_x=torch.randn(5, 3))
+    with pytest.raises(ValueError, match="ood_x"):
+        post.evaluate(x, y, ood_x=torch.full((5, 2), float("nan")))
+    reg, xr, yr = _regression()
+    with pytest.raises(ValueError, match=r"ood_x: .*regression"):
+        reg.evaluate(xr, yr, ood_x=xr)
+    with pytest.raises(ValueError, match="member_probs"):
+        reg.predict(xr).member_probs()
