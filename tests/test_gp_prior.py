@@ -693,7 +693,7 @@ def test_scale_bound_is_respected(family, parameterisation):
         parameterisation=parameterisation,
         init_scale=1.0,
         seed=0,
-        lr=0.3,
+        lr=0.1,
         steps=10,
         num_functions=16,
         critic={"steps": 4, "hidden": (16,)},

@@ -10,13 +10,20 @@ the four per-layer scales gives at best about 39% on a domain six length-scales 
 four and 11% on three (measured while writing these tests), so the issue's 20% criterion is
 only attainable for this architecture on a narrower domain.
 
-The checks:
+The checks (each for both weight parameterisations, ``"log"`` and Tran et al.'s
+``"softplus"``; the fit with a fresh critic every outer step, 100 critic steps):
 
 * the exact empirical 1-Wasserstein distance (optimal assignment, scipy) between 256 BNN and
   256 GP function draws at the 16 points falls by at least 5x from the N(0, 1) start;
 * the empirical covariance of the fitted prior's function values is within 20% relative
   Frobenius error of the GP Gram matrix; the Monte Carlo error of that estimate is derived and
-  shown to be small against 20%, and the N(0, 1) start is shown to fail the same check.
+  shown to be small against 20%, and the N(0, 1) start is shown to fail the same check;
+* issue 13: the fit with a *warm-started* critic (network and Adagrad state kept across outer
+  steps, 10 critic steps per outer step: a tenth of the critic work) reaches an exact empirical
+  W1 within 10% of the fresh-critic fit's. The comparison uses 1024 draws per distribution and
+  the same GP draws for both fits (a paired comparison), repeated over 10 independent batches;
+  the test first checks that its Monte Carlo standard error is small against the 10% margin,
+  so it can resolve a worse fit, and that the N(0, 1) start fails the same comparison.
 """
 
 from __future__ import annotations
@@ -64,23 +71,37 @@ def _functions(prior, n: int, seed: int) -> torch.Tensor:
     return bnn.forward(bnn.init_theta(n, seed=seed), _points())[..., 0].double()
 
 
-@pytest.fixture(scope="module")
-def fitted() -> priors.Prior:
-    """One fit shared by the checks below (about two minutes on one core)."""
-    net = _net()
-    standard_normal = {n: math.sqrt(fan_in_of(p)) for n, p in net.named_parameters()}
-    return fit_gp_prior(
-        net,
-        _kernel(),
-        measurement.uniform(-1.0, 1.0, 16),
-        init_scale=standard_normal,
-        steps=200,
-        num_functions=128,
-        critic={"steps": 100},
-        lr=0.05,
-        seed=SEED,
-        progress=False,
-    )
+_FITS: dict[tuple[str, bool], priors.Prior] = {}
+
+
+def _fit(parameterisation: str, warm: bool) -> priors.Prior:
+    """The fit of the module docstring, cached (about two minutes on one core when fresh)."""
+    key = (parameterisation, warm)
+    if key not in _FITS:
+        net = _net()
+        standard_normal = {n: math.sqrt(fan_in_of(p)) for n, p in net.named_parameters()}
+        _FITS[key] = fit_gp_prior(
+            net,
+            _kernel(),
+            measurement.uniform(-1.0, 1.0, 16),
+            init_scale=standard_normal,
+            parameterisation=parameterisation,
+            steps=200,
+            num_functions=128,
+            critic={"steps": 10, "warm_start": True}
+            if warm
+            else {"steps": 100, "warm_start": False},
+            lr=0.05,
+            seed=SEED,
+            progress=False,
+        )
+    return _FITS[key]
+
+
+@pytest.fixture(scope="module", params=["log", "softplus"])
+def fitted(request) -> priors.Prior:
+    """The fresh-critic fit, once per parameterisation."""
+    return _fit(request.param, warm=False)
 
 
 def test_exact_wasserstein_falls_5x_from_the_standard_normal_start(fitted):
@@ -116,3 +137,35 @@ def test_fitted_covariance_within_20_percent_of_the_gram_matrix(fitted):
     assert noise < 0.05  # the estimate resolves the 20% criterion
     assert error <= 0.20
     assert start_error > 0.20  # the check fails for the unfitted prior
+
+
+REPEATS = 10
+PAIRED_DRAWS = 1024
+
+
+@pytest.mark.parametrize("parameterisation", ["log", "softplus"])
+def test_warm_critic_fit_within_10_percent_of_the_fresh_critic_fit(parameterisation):
+    fresh, warm = _fit(parameterisation, False), _fit(parameterisation, True)
+    assert int(warm.history.critic_steps.sum()) * 5 <= int(fresh.history.critic_steps.sum())
+    rows = []
+    for r in range(REPEATS):
+        torch.manual_seed(SEED + 100 + r)
+        gp = GPTarget(_kernel()).sample(_points(), PAIRED_DRAWS)
+        rows.append(
+            [
+                empirical_wasserstein(_functions(prior, PAIRED_DRAWS, SEED + 200 + 3 * r + k), gp)
+                for k, prior in enumerate((fresh, warm, priors.Gaussian(1.0)))
+            ]
+        )
+    w = torch.tensor(rows, dtype=torch.float64)  # (REPEATS, 3): fresh, warm, N(0, 1) start
+    mean = w.mean(0)
+    ratio = w[:, 1] / w[:, 0]
+    se = float(ratio.std() / math.sqrt(REPEATS))
+    print(
+        f"{parameterisation}: exact W1 fresh {mean[0]:.3f}, warm {mean[1]:.3f}, start "
+        f"{mean[2]:.3f}; warm/fresh {float(ratio.mean()):.3f} +- {se:.3f}; critic steps "
+        f"{int(fresh.history.critic_steps.sum())} vs {int(warm.history.critic_steps.sum())}"
+    )
+    assert 3 * se < 0.10  # the paired comparison resolves the 10% margin
+    assert float(ratio.mean()) <= 1.10
+    assert float((w[:, 2] / w[:, 0]).mean()) > 1.10  # the unfitted start fails the same check
