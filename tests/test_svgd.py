@@ -277,7 +277,7 @@ def test_init_options_and_their_errors(seed):
     SVGD(particles=3, steps=1, init="prior").fit(custom, x, y, progress=False)
 
 
-def test_off_data_measurement_with_a_few_prior_draws_warns(seed):
+def test_off_data_measurement_with_an_ssge_prior_score_warns(seed):
     bnn, x, y = classifier(seed)
     pool = torch.randn(30, 4, dtype=DTYPE)
     with pytest.warns(UserWarning, match="over-spread"):
@@ -507,7 +507,7 @@ VARIANTS = {
         kernel=IMQ("function"),
         measurement=torch.randn(30, 4, dtype=DTYPE),
         measurement_size=5,
-        prior_draws=100,  # off-data points need many prior draws (else a warning)
+        prior_score=GaussianProcessScore(lambda a, b: torch.exp(-0.5 * torch.cdist(a, b) ** 2)),
     ),
     "function-probs": dict(kernel="function", function_space="probs"),
     "hybrid-probs": dict(kernel="hybrid", function_space="probs"),
