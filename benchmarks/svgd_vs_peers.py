@@ -11,6 +11,9 @@ Contenders, per step (one update of all particles):
 * ``bayesdl-weight``, ``bayesdl-function``, ``bayesdl-hybrid``: ``bayesdl.inference.SVGD`` with
   each kernel, Adam (the function kernel's measurement set is the 353 inputs, its prior score
   SSGE from ``P`` fresh prior draws per step);
+* ``bayesdl-weight-compile``: the weight kernel with ``SVGD(compile=True)``: score, kernel,
+  direction and Adam update in one ``torch.compile`` graph (compiled during the first repeat's
+  warm-up, which is not timed);
 * ``fwd+bwd``: one vectorised forward and backward pass of the log joint for all particles
   (``BNN.log_joint_fn`` and ``autograd.grad``), the floor any SVGD step pays.
 
@@ -28,6 +31,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import time
@@ -42,10 +46,12 @@ from pyro.optim import Adam
 
 import bayesdl
 from bayesdl import likelihoods, priors
+from bayesdl.inference.compilation import skip_guard_checks
 from bayesdl.inference.svgd import SVGD
 from bayesdl.models import BNN, MLP
 
 HIDDEN, NOISE, LR = 50, 0.5, 1e-3
+PYRO = "pyro (RBFSteinKernel, multivariate)"
 
 
 def pyro_model(x: torch.Tensor, y: torch.Tensor) -> None:
@@ -97,6 +103,25 @@ def bayesdl_stepper(
     return step
 
 
+def compiled_stepper(
+    bnn: BNN, kernel: str | None, particles: int, x: torch.Tensor, y: torch.Tensor
+) -> Callable[[], None]:
+    """One step of ``SVGD(compile=True)``, through its internals (as :func:`bayesdl_stepper`)."""
+    svgd = SVGD(particles=particles, kernel=kernel, lr=LR, compile=True)
+    target = svgd._target(bnn, x, y, len(x), None, [0, 1, 2])
+    theta = bnn.init_theta(particles, 0)
+    optimizer = torch.optim.Adam([theta], lr=LR)
+    noise = torch.Generator().manual_seed(0)
+    compiled = svgd._compiled_step(target, theta, optimizer)
+    assert compiled is not None and compiled.kind == "adam"
+
+    def step() -> None:
+        with torch.no_grad(), skip_guard_checks():
+            compiled(theta, target.next_batch(), 1.0, noise)
+
+    return step
+
+
 def plain_stepper(bnn: BNN, particles: int, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
     log_joint = bnn.log_joint_fn(x, y)
     theta = bnn.init_theta(particles, 0)
@@ -137,17 +162,22 @@ def main() -> None:
         f"# SVGD step time, MLP 10-{HIDDEN}-1 on {len(x)} points (D={bnn.num_params}); "
         f"torch {torch.__version__}, pyro {pyro.__version__}, {platform.processor() or 'cpu'}, "
         f"{torch.get_num_threads()} thread(s), no GPU; median of {args.steps} steps, "
-        f"median [range] over {args.repeats} repeats"
+        f"median [range] over {args.repeats} repeats; load average at start "
+        f"{' '.join(f'{v:.1f}' for v in os.getloadavg())}"
     )
     print()
     print("| particles | contender | ms/step | vs Pyro | vs fwd+bwd |")
     print("|---|---|---|---|---|")
+    # bayesdl's target takes data checked once by BNN.check_data, as SVGD.fit hands it over
+    # (targets of shape (N, 1) here; unchecked (N,) targets would broadcast against the outputs)
+    xc, yc = bnn.check_data(x, y)
     for particles in args.particles:
         contenders = {
-            "pyro (RBFSteinKernel, multivariate)": pyro_stepper(particles, x, y),
-            "bayesdl weight": bayesdl_stepper(bnn, "weight", particles, x, y),
-            "bayesdl function": bayesdl_stepper(bnn, "function", particles, x, y),
-            "bayesdl hybrid": bayesdl_stepper(bnn, "hybrid", particles, x, y),
+            PYRO: pyro_stepper(particles, x, y),
+            "bayesdl weight": bayesdl_stepper(bnn, "weight", particles, xc, yc),
+            "bayesdl-weight-compile": compiled_stepper(bnn, "weight", particles, xc, yc),
+            "bayesdl function": bayesdl_stepper(bnn, "function", particles, xc, yc),
+            "bayesdl hybrid": bayesdl_stepper(bnn, "hybrid", particles, xc, yc),
             "fwd+bwd (the floor)": plain_stepper(bnn, particles, x, y),
         }
         runs: dict[str, list[float]] = {name: [] for name in contenders}
@@ -155,7 +185,7 @@ def main() -> None:
             for name, step in contenders.items():
                 runs[name].append(median_step_ms(step, args.steps, args.warmup))
         medians = {name: statistics.median(v) for name, v in runs.items()}
-        pyro_ms = medians["pyro (RBFSteinKernel, multivariate)"]
+        pyro_ms = medians[PYRO]
         floor = medians["fwd+bwd (the floor)"]
         for name, values in runs.items():
             ms = medians[name]
@@ -163,6 +193,12 @@ def main() -> None:
                 f"| {particles} | {name} | {ms:.2f} [{min(values):.2f}-{max(values):.2f}] | "
                 f"{pyro_ms / ms:.1f}x faster | {ms / floor:.2f}x |"
             )
+        ratios = [p / c for p, c in zip(runs[PYRO], runs["bayesdl-weight-compile"], strict=True)]
+        print(
+            f"| {particles} | Pyro / weight-compile, per repeat | "
+            f"{' '.join(f'{r:.1f}x' for r in ratios)} | | |"
+        )
+        print(f"# load average after {particles} particles: {os.getloadavg()}")
 
 
 if __name__ == "__main__":
