@@ -193,11 +193,12 @@ def main() -> None:
                 f"| {particles} | {name} | {ms:.2f} [{min(values):.2f}-{max(values):.2f}] | "
                 f"{pyro_ms / ms:.1f}x faster | {ms / floor:.2f}x |"
             )
-        ratios = [p / c for p, c in zip(runs[PYRO], runs["bayesdl-weight-compile"], strict=True)]
-        print(
-            f"| {particles} | Pyro / weight-compile, per repeat | "
-            f"{' '.join(f'{r:.1f}x' for r in ratios)} | | |"
-        )
+        for name in ("bayesdl weight", "bayesdl-weight-compile"):
+            ratios = [p / c for p, c in zip(runs[PYRO], runs[name], strict=True)]
+            print(
+                f"| {particles} | Pyro / {name}, per repeat | "
+                f"{' '.join(f'{r:.1f}x' for r in ratios)} | | |"
+            )
         print(f"# load average after {particles} particles: {os.getloadavg()}")
 
 

@@ -20,6 +20,7 @@ from bayesdl.inference import compilation
 from bayesdl.inference.base import NonFiniteError
 from bayesdl.inference.kernels import IMQ, RBF, Kernel
 from bayesdl.inference.svgd import SVGD
+from bayesdl.inference.svgd_targets import _Density
 from bayesdl.models import BNN
 
 #: torch.compile's CPU backend builds C++; without a compiler it falls back (tested below).
@@ -79,6 +80,27 @@ def test_what_is_not_compiled_runs_eagerly(settings):
     )
     assert torch.equal(fallback.theta, eager.theta)
     assert fallback.attrs["compile"] == 0
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "kwargs", "kind"),
+    [
+        (torch.optim.Adam, {}, "adam"),
+        (torch.optim.Adam, {"amsgrad": False, "betas": (0.8, 0.9), "weight_decay": 0.1}, "adam"),
+        (torch.optim.Adam, {"amsgrad": True}, "eager"),
+        (torch.optim.SGD, {"momentum": 0, "weight_decay": 0.1}, "sgd"),
+        (torch.optim.SGD, {"momentum": 0.9}, "eager"),
+        (torch.optim.RMSprop, {}, "eager"),
+    ],
+)
+def test_which_optimisers_update_inside_the_graph(optimizer, kwargs, kind):
+    svgd = SVGD(particles=3, optimizer=optimizer, optimizer_kwargs=kwargs, compile=True)
+    theta = torch.zeros(3, 2)
+    target = _Density(lambda t: -(t**2).sum(-1))
+    step = svgd._compiled_step(target, theta, optimizer([theta], lr=svgd.lr, **kwargs))
+    assert step is not None and step.kind == kind  # nothing compiles before the first call
+    hybrid = SVGD(particles=3, kernel="hybrid", compile=True)
+    assert hybrid._compiled_step(target, theta, torch.optim.Adam([theta])) is None
 
 
 def test_a_step_that_cannot_compile_runs_eagerly_after_a_warning(monkeypatch):
