@@ -19,7 +19,7 @@ The checks (each for both weight parameterisations, ``"log"`` and Tran et al.'s
   Frobenius error of the GP Gram matrix; the Monte Carlo error of that estimate is derived and
   shown to be small against 20%, and the N(0, 1) start is shown to fail the same check;
 * issue 13: the fit with a *warm-started* critic (network and Adagrad state kept across outer
-  steps, 10 critic steps per outer step: a tenth of the critic work) reaches an exact empirical
+  steps, 20 critic steps per outer step: a fifth of the critic work) reaches an exact empirical
   W1 within 10% of the fresh-critic fit's. The comparison uses 1024 draws per distribution and
   the same GP draws for both fits (a paired comparison), repeated over 10 independent batches;
   the test first checks that its Monte Carlo standard error is small against the 10% margin,
@@ -71,6 +71,8 @@ def _functions(prior, n: int, seed: int) -> torch.Tensor:
     return bnn.forward(bnn.init_theta(n, seed=seed), _points())[..., 0].double()
 
 
+#: Critic steps per outer step of the warm-started fit (a fifth of the fresh fit's 100).
+WARM_STEPS = 20
 _FITS: dict[tuple[str, bool], priors.Prior] = {}
 
 
@@ -88,7 +90,7 @@ def _fit(parameterisation: str, warm: bool) -> priors.Prior:
             parameterisation=parameterisation,
             steps=200,
             num_functions=128,
-            critic={"steps": 10, "warm_start": True}
+            critic={"steps": WARM_STEPS, "warm_start": True}
             if warm
             else {"steps": 100, "warm_start": False},
             lr=0.05,
@@ -146,7 +148,7 @@ PAIRED_DRAWS = 1024
 @pytest.mark.parametrize("parameterisation", ["log", "softplus"])
 def test_warm_critic_fit_within_10_percent_of_the_fresh_critic_fit(parameterisation):
     fresh, warm = _fit(parameterisation, False), _fit(parameterisation, True)
-    assert int(warm.history.critic_steps.sum()) * 5 <= int(fresh.history.critic_steps.sum())
+    assert int(warm.history.critic_steps.sum()) * 4 <= int(fresh.history.critic_steps.sum())
     rows = []
     for r in range(REPEATS):
         torch.manual_seed(SEED + 100 + r)
