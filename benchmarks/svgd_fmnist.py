@@ -4,16 +4,19 @@ The comparison of D'Angelo, Fortuin & Wenzel (2021) and D'Angelo & Fortuin (2021
 their code runs it (``ratschlab/repulsive_ensembles``, ``exp_fmnist.py`` and
 ``training_mnist_hyper.py``): an MLP 784-100-10 (ReLU), members started from the network's own
 (Kaiming-uniform) initialisation, minibatches of 128 with the log-likelihood scaled by
-``N / 128``, Adam, 5 particles (their default ``n_particles``), functions compared as class probabilities (their ``logit_soft=0``) on the
-minibatch, the functional prior's score by SSGE from as many prior draws as particles. The prior
-is a fan-in scaled Gaussian (weights N(0, 1/fan_in), biases N(0, 1)). Methods:
+``N / 128``, Adam, 5 particles (their default ``n_particles``), functions compared as class
+probabilities (their ``logit_soft=0``) on the minibatch, the functional prior's score by SSGE
+from as many prior draws as particles. The prior is a fan-in scaled Gaussian (weights
+N(0, 1/fan_in), biases N(0, 1)). Methods:
 
 * ``ensemble``: deep ensemble (``kernel=None``), net initialisation;
 * ``ensemble-prior-init``: the same from prior draws, to show the initialisation confound;
 * ``w-svgd``: SVGD, RBF kernel on the weights;
 * ``f-svgd``: SVGD, RBF kernel on the functions, pulled back through each particle's Jacobian;
 * ``h-svgd``: weight-space driving kernel, function-space repulsion (the composed kernel);
-* ``fwgd``: repulsive ensemble, Wasserstein gradient descent in function space (SSGE).
+* ``fwgd``: repulsive ensemble, Wasserstein gradient descent in function space (SSGE);
+* ``ensemble-n01-prior-init``: the earlier comparison's setting, an N(0, 1) prior on every
+  weight and members started from its draws.
 
 Each run reports test accuracy, NLL, ECE (15 bins), the three OOD AUROCs against the 10,000
 MNIST test digits (predictive entropy, mutual information, members' std of class
@@ -56,6 +59,12 @@ METHODS: dict[str, dict] = {
     "f-svgd": dict(kernel="function", function_space="probs"),
     "h-svgd": dict(kernel="hybrid", function_space="probs"),
     "fwgd": dict(kernel="function", update="wgd-ssge", function_space="probs"),
+    # The setting of the earlier comparison: N(0, 1) on every weight and prior-draw starts.
+    "ensemble-n01-prior-init": dict(kernel=None, init="prior", prior="n01"),
+}
+PRIORS = {
+    "fan-in": lambda: priors.Gaussian(1.0, fan_in=True),
+    "n01": lambda: priors.Gaussian(1.0),
 }
 METRICS = (
     "accuracy",
@@ -111,12 +120,10 @@ def run(args: argparse.Namespace) -> None:
         for method in args.methods:
             if (method, seed) in done:
                 continue
+            settings = dict(METHODS[method])
+            prior = PRIORS[settings.pop("prior", "fan-in")]()
             torch.manual_seed(seed)
-            bnn = BNN(
-                MLP(784, [args.hidden], 10),
-                priors.Gaussian(1.0, fan_in=True),
-                likelihoods.Categorical(),
-            )
+            bnn = BNN(MLP(784, [args.hidden], 10), prior, likelihoods.Categorical())
             trace: list[tuple[int, float]] = []
 
             def record(event, bnn=bnn, trace=trace) -> None:
@@ -133,7 +140,7 @@ def run(args: argparse.Namespace) -> None:
                 steps=args.steps,
                 batch_size=128,
                 lr=args.lr,
-                **METHODS[method],
+                **settings,
             )
             start = time.perf_counter()
             post = svgd.fit(
