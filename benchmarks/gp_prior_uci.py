@@ -652,6 +652,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", default=DEFAULT_OUT, help="JSON-lines results file (appended)")
     p.add_argument("--report", action="store_true", help="print the markdown table and exit")
+    p.add_argument(
+        "--data",
+        default=os.environ.get("BAYESDL_DATA", "../shared/data"),
+        help="shared data folder (default: $BAYESDL_DATA, else ../shared/data)",
+    )
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: shared machine)")
     p.add_argument("--quick", action="store_true", help="tiny settings, for a smoke test")
     g = p.add_argument_group("network and prior fit (paper: 1x100 tanh, 200 x 128, M = 100)")
@@ -708,6 +713,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Run the benchmark (resuming) or print the report."""
     args = build_parser().parse_args(argv)
     path = pathlib.Path(args.out)
+    os.environ["BAYESDL_DATA"] = str(pathlib.Path(args.data).resolve())
     if args.report:
         print(report(path))
         return
