@@ -4,10 +4,14 @@ The comparison of D'Angelo, Fortuin & Wenzel (2021) and D'Angelo & Fortuin (2021
 their code runs it (``ratschlab/repulsive_ensembles``, ``exp_fmnist.py`` and
 ``training_mnist_hyper.py``): an MLP 784-100-10 (ReLU), members started from the network's own
 (Kaiming-uniform) initialisation, minibatches of 128 with the log-likelihood scaled by
-``N / 128``, Adam, 5 particles (their default ``n_particles``), functions compared as class
-probabilities (their ``logit_soft=0``) on the minibatch, the functional prior's score by SSGE
-from as many prior draws as particles. The prior is a fan-in scaled Gaussian (weights
-N(0, 1/fan_in), biases N(0, 1)). Methods:
+``N / 128``, Adam, 5 particles (their default ``n_particles``), functions compared on the
+minibatch, the functional prior's score by SSGE from as many prior draws as particles. The
+hybrid kernel compares class probabilities (their default ``logit_soft=0``); f-SVGD and fWGD
+compare logits: with probabilities their function-space likelihood score ``[y = c] / p_c``
+explodes when a member is confidently wrong, and all three seeds stopped with non-finite
+values (steps 363, 913 and 6,890; the score is now bounded, ``1 / (p_c + eps)``, but not
+re-run). The prior is a fan-in scaled Gaussian (weights N(0, 1/fan_in), biases N(0, 1)).
+Methods:
 
 * ``ensemble``: deep ensemble (``kernel=None``), net initialisation;
 * ``ensemble-prior-init``: the same from prior draws, to show the initialisation confound;
@@ -49,6 +53,7 @@ import torch
 
 import bayesdl
 from bayesdl import diagnostics, likelihoods, priors
+from bayesdl.inference.base import NonFiniteError
 from bayesdl.inference.svgd import SVGD
 from bayesdl.models import BNN, MLP
 
@@ -56,9 +61,9 @@ METHODS: dict[str, dict] = {
     "ensemble": dict(kernel=None),
     "ensemble-prior-init": dict(kernel=None, init="prior"),
     "w-svgd": dict(kernel="weight"),
-    "f-svgd": dict(kernel="function", function_space="probs"),
+    "f-svgd": dict(kernel="function"),
     "h-svgd": dict(kernel="hybrid", function_space="probs"),
-    "fwgd": dict(kernel="function", update="wgd-ssge", function_space="probs"),
+    "fwgd": dict(kernel="function", update="wgd-ssge"),
     # The setting of the earlier comparison: N(0, 1) on every weight and prior-draw starts.
     "ensemble-n01-prior-init": dict(kernel=None, init="prior", prior="n01"),
 }
@@ -111,6 +116,7 @@ def run(args: argparse.Namespace) -> None:
     out = pathlib.Path(args.out)
     records = json.loads(out.read_text()) if out.exists() else []
     done = {(r["method"], r["seed"]) for r in records}
+    failures: list[dict] = []
     data = bayesdl.data.fashion_mnist()
     ood, _ = bayesdl.data.mnist_test()
     if args.smoke:
@@ -143,14 +149,20 @@ def run(args: argparse.Namespace) -> None:
                 **settings,
             )
             start = time.perf_counter()
-            post = svgd.fit(
-                bnn,
-                data.x_train,
-                data.y_train,
-                seed=seed,
-                progress=args.progress,
-                callbacks=[record],
-            )
+            try:
+                post = svgd.fit(
+                    bnn,
+                    data.x_train,
+                    data.y_train,
+                    seed=seed,
+                    progress=args.progress,
+                    callbacks=[record],
+                )
+            except NonFiniteError as err:  # record the failure, go on with the next run
+                print(f"{method:20s} seed {seed}: {err}", flush=True)
+                failures.append({"method": method, "seed": seed, "error": str(err)})
+                out.with_suffix(".failures.json").write_text(json.dumps(failures, indent=1))
+                continue
             seconds = time.perf_counter() - start
             row = {"method": method, "seed": seed, **evaluate(post, data, ood)}
             row.update(seconds=seconds, accuracy_trace=trace, partial=post.partial)

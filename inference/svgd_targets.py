@@ -163,8 +163,10 @@ class _BNNTarget:
         yb = batch[1]
         with torch.enable_grad():
             fb = fun.f.detach()[:, : fun.batch_size].requires_grad_(True)
-            # log-probabilities are logits whose softmax is the probabilities themselves
-            logits = fb.log() if self.probs else fb
+            # log-probabilities are logits whose softmax is the probabilities themselves;
+            # shifted by machine epsilon, so a member confidently wrong on an example gets a
+            # large but finite score 1 / (p + eps) rather than an infinite one
+            logits = (fb + torch.finfo(fb.dtype).eps).log() if self.probs else fb
             lik = self.bnn.likelihood.log_prob(logits, yb, {}).sum()
             (lik_score,) = torch.autograd.grad(lik, fb)
         scale = self.num_data / fun.batch_size * self.lik_factor

@@ -6,6 +6,7 @@ The statistical checks (recovering known posteriors) are in
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 
@@ -302,6 +303,15 @@ def test_probs_function_space_scores_and_compares_probabilities(seed):
     onehot = torch.nn.functional.one_hot(batch[1], 3)
     expected = onehot / probs[:, torch.arange(6), batch[1]][..., None] - 1
     torch.testing.assert_close(target.function_score(fun, batch), expected.flatten(1))
+    # A member whose probability of the label underflows to 0 gets a finite score, 1/eps - 1.
+    sure = fun.f.detach().clone()
+    sure[0, 0] = 0.0
+    sure[0, 0, (batch[1][0] + 1) % 3] = 1.0
+    wrong = target.function_score(dataclasses.replace(fun, f=sure), batch)
+    assert torch.isfinite(wrong).all()
+    scale = len(x) / len(batch[1])  # num_data / batch size (full batch here: 1)
+    expected_wrong = torch.tensor(scale / torch.finfo(DTYPE).eps - scale, dtype=DTYPE)
+    torch.testing.assert_close(wrong[0, batch[1][0]], expected_wrong)
     regression, xr, yr = regression_1d(seed)
     with pytest.raises(ValueError, match="function_space"):
         SVGD(particles=3, kernel="function", function_space="probs").fit(regression, xr, yr)
