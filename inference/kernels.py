@@ -56,6 +56,7 @@ __all__ = [
     "Kernel",
     "KernelMatrix",
     "median_bandwidth",
+    "pair_median",
     "pairwise_sq_dists",
 ]
 
@@ -150,14 +151,24 @@ def median_bandwidth(sq_dists: Tensor, rule: str = "liu") -> Tensor:
     num = sq_dists.shape[0]
     if num < 2:
         return sq_dists.new_tensor(1.0)
+    med = pair_median(sq_dists)
+    if not bool(med > 0):
+        return sq_dists.new_tensor(1.0)
+    return 2.0 * med if rule == "median" else med / math.log(num + 1)
+
+
+def pair_median(sq_dists: Tensor) -> Tensor:
+    """Median of a ``(P, P)`` matrix over its distinct pairs ``i < j``, ``P >= 2``, as a tensor.
+
+    For an even count, the mean of the two middle values (as ``numpy.median``). No host
+    synchronisation, so it can be captured by ``torch.compile``.
+    """
+    num = sq_dists.shape[0]
     rows, cols = torch.triu_indices(num, num, offset=1, device=sq_dists.device)
     pairs = sq_dists[rows, cols]
     count = pairs.numel()
     lower = torch.kthvalue(pairs, (count + 1) // 2).values
-    med = lower if count % 2 else 0.5 * (lower + torch.kthvalue(pairs, count // 2 + 1).values)
-    if not bool(med > 0):
-        return sq_dists.new_tensor(1.0)
-    return 2.0 * med if rule == "median" else med / math.log(num + 1)
+    return lower if count % 2 else 0.5 * (lower + torch.kthvalue(pairs, count // 2 + 1).values)
 
 
 def _check_space(space: object) -> str:

@@ -78,7 +78,7 @@ from bayesdl.posterior import Posterior
 
 from .base import Backend, Callback, Driver, finish
 from .compilation import compile_step, skip_guard_checks
-from .kernels import RBF, Hybrid, Kernel, KernelMatrix, pairwise_sq_dists
+from .kernels import RBF, Hybrid, Kernel, KernelMatrix, pair_median, pairwise_sq_dists
 from .ssge import kde_score, sge_score, ssge_score
 from .svgd_targets import (
     MeasurementLike,
@@ -857,11 +857,7 @@ def _median_bandwidth_tensor(sq_dists: Tensor, rule: str) -> Tensor:
     num = sq_dists.shape[0]
     if num < 2:
         return sq_dists.new_tensor(1.0)
-    rows, cols = torch.triu_indices(num, num, offset=1, device=sq_dists.device)
-    pairs = sq_dists[rows, cols]
-    count = pairs.numel()
-    lower = torch.kthvalue(pairs, (count + 1) // 2).values
-    med = lower if count % 2 else 0.5 * (lower + torch.kthvalue(pairs, count // 2 + 1).values)
+    med = pair_median(sq_dists)
     h = 2.0 * med if rule == "median" else med / math.log(num + 1)
     return torch.where(med > 0, h, torch.ones_like(h))
 
