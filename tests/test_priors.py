@@ -14,6 +14,29 @@ from bayesdl import likelihoods, priors
 from bayesdl.models import BNN, MLP, ConvNet
 from bayesdl.priors.correlated import matern
 
+
+def _gp_matched_hierarchical() -> priors.GPMatched:
+    """A hierarchical GP-matched prior for ``_mlp_bnn``'s MLP(3, [4], 2), with a shape ``a < 1``
+    on the input weights as the energy fit reached (infinite prior mean variance)."""
+    shapes = {
+        "layers.0.weight": (4, 3),
+        "layers.0.bias": (4,),
+        "layers.1.weight": (2, 4),
+        "layers.1.bias": (2,),
+    }
+    hyper = {
+        "layers.0.weight": (0.63, 5.6),
+        "layers.0.bias": (3.7, 2.5),
+        "layers.1.weight": (2.8, 3.0),
+        "layers.1.bias": (3.7, 2.0),
+    }
+    values = {
+        name: {"concentration": torch.tensor(a), "rate": torch.tensor(b)}
+        for name, (a, b) in hyper.items()
+    }
+    return priors.GPMatched("hierarchical", values, shapes)
+
+
 PRIORS = {
     "gaussian": priors.Gaussian(1.3),
     "gaussian_fan_in": priors.Gaussian(math.sqrt(2), fan_in=True),
@@ -23,6 +46,7 @@ PRIORS = {
     "scale_mixture": priors.ScaleMixture(scales=(0.1, 1.0, 4.0), weights=(0.5, 0.3, 0.2)),
     "inverse_gamma_scale": priors.InverseGammaScale(concentration=2.0, rate=1.5, fan_in=True),
     "horseshoe": priors.Horseshoe(global_scale=0.5),
+    "gp_matched_hierarchical": _gp_matched_hierarchical(),
     "mixed": priors.Select(
         {"layers.0.weight": priors.InverseGammaScale(concentration=2.0, rate=1.5)},
         default=priors.Gaussian(0.9),
@@ -72,6 +96,95 @@ def test_log_joint_matches_pyro_model(name, P, seed, pyro_log_joint):
     torch.testing.assert_close(ours, reference, rtol=1e-6, atol=1e-6)
     traced = torch.stack([_trace_log_joint(bnn, row, (x, y, 30)) for row in theta])
     torch.testing.assert_close(ours, traced, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("tempering", ["posterior", "likelihood"])
+@pytest.mark.parametrize("name", ["inverse_gamma_scale", "mixed", "gp_matched_hierarchical"])
+def test_closed_form_scale_priors_match_pyro_model_with_gradient(
+    name, tempering, seed, pyro_log_joint
+):
+    """The fused inverse-Gamma-scale block (models/bnn.py ``_ScaleBlock``): value and gradient of
+    the log joint equal the Pyro model's, float64, for hierarchical GP-matched priors too."""
+    torch.manual_seed(seed)
+    learned_noise = likelihoods.Gaussian(dist.HalfNormal(torch.tensor(1.0, dtype=torch.float64)))
+    bnn = _mlp_bnn(PRIORS[name], learned_noise, temperature=0.7, tempering=tempering)
+    x = torch.randn(9, 3, dtype=torch.float64)
+    y = torch.randn(9, 2, dtype=torch.float64)
+    theta = (0.7 * torch.randn(4, bnn.num_params, dtype=torch.float64)).requires_grad_(True)
+    ours = bnn.log_joint(theta, x, y, num_data=30)
+    (grad,) = torch.autograd.grad(ours.sum(), theta)
+    reference = pyro_log_joint(bnn, theta, (x, y, 30))
+    (grad_ref,) = torch.autograd.grad(reference.sum(), theta)
+    torch.testing.assert_close(ours, reference, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(grad, grad_ref, rtol=1e-6, atol=1e-6)
+    fused = (
+        {"layers.0.weight", "layers.0.weight_scale"}
+        if name == "mixed"
+        else set(bnn.layout.names) - {likelihoods.Gaussian.site}
+    )
+    assert bnn._scale_block().names == fused  # the fast path is the one tested
+
+
+def test_hierarchical_gp_matched_log_joint_builds_no_distributions(monkeypatch):
+    """Scoring a hierarchical GP-matched prior needs no per-call distributions (the slow path
+    that made an SGHMC step 2.7 times as costly as with a Gaussian prior)."""
+    prior = _gp_matched_hierarchical()
+    bnn = _mlp_bnn(prior)
+    x = torch.randn(5, 3, dtype=torch.float64)
+    y = torch.randn(5, 2, dtype=torch.float64)
+    theta = 0.5 * torch.randn(3, bnn.num_params, dtype=torch.float64)
+    expected = bnn.log_joint(theta, x, y)  # builds the fused block once
+    assert bnn._scale_block().names == set(bnn.layout.names)
+    calls = []
+
+    def spy(method):
+        def wrapped(*args, **kwargs):
+            calls.append(method.__name__)
+            return method(*args, **kwargs)
+
+        return wrapped
+
+    monkeypatch.setattr(prior, "latent_sites", spy(prior.latent_sites))
+    monkeypatch.setattr(prior, "distribution", spy(prior.distribution))
+    torch.testing.assert_close(bnn.log_joint(theta, x, y), expected, rtol=0, atol=0)
+    assert calls == []
+
+
+def test_a_subclass_that_redefines_the_density_is_not_scored_in_closed_form(pyro_log_joint):
+    class Wider(priors.InverseGammaScale):
+        def distribution(self, name, param, module, latents):
+            d = super().distribution(name, param, module, latents)
+            return dist.Normal(d.loc, 2 * d.scale)
+
+    bnn = _mlp_bnn(Wider(concentration=2.0, rate=1.5))
+    assert not bnn._scale_block().names
+    torch.manual_seed(0)
+    x = torch.randn(6, 3, dtype=torch.float64)
+    y = torch.randn(6, 2, dtype=torch.float64)
+    theta = 0.5 * torch.randn(2, bnn.num_params, dtype=torch.float64)
+    torch.testing.assert_close(
+        bnn.log_joint(theta, x, y), pyro_log_joint(bnn, theta, (x, y)), rtol=1e-6, atol=1e-6
+    )
+
+
+@pytest.mark.parametrize(
+    "noise",
+    [
+        dist.HalfNormal(torch.tensor(1.0, dtype=torch.float64)),
+        dist.Uniform(
+            torch.tensor(0.1, dtype=torch.float64), torch.tensor(2.0, dtype=torch.float64)
+        ),
+    ],
+)
+def test_fused_log_det_jacobian_equals_the_layouts(noise):
+    bnn = _mlp_bnn(PRIORS["horseshoe"], likelihoods.Gaussian(noise))
+    theta = torch.randn(3, bnn.num_params, dtype=torch.float64)
+    torch.testing.assert_close(
+        bnn._log_abs_det_jacobian(theta),
+        bnn.layout.log_abs_det_jacobian(theta),
+        rtol=1e-12,
+        atol=1e-12,
+    )
 
 
 @pytest.mark.parametrize("P", [1, 5])

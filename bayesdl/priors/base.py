@@ -19,11 +19,21 @@ import fnmatch
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 from pyro.distributions import Distribution
 from torch import Tensor, nn
 
-__all__ = ["Predicate", "Prior", "PriorRule", "Select", "expand_right", "fan_in_of", "select"]
+__all__ = [
+    "InverseGammaScaleTerms",
+    "Predicate",
+    "Prior",
+    "PriorRule",
+    "Select",
+    "expand_right",
+    "fan_in_of",
+    "select",
+]
 
 Predicate = Callable[[str, Tensor, nn.Module], bool]
 
@@ -43,6 +53,35 @@ def fan_in_of(param: Tensor) -> int:
 def expand_right(value: Tensor, ndim: int) -> Tensor:
     """Append ``ndim`` singleton dimensions so ``value`` broadcasts against a parameter."""
     return value.reshape(*value.shape, *([1] * ndim))
+
+
+@dataclass(frozen=True)
+class InverseGammaScaleTerms:
+    r"""A parameter's prior in the closed form of a per-tensor inverse-Gamma scale.
+
+    .. math::
+        \sigma^2 \sim \mathrm{InvGamma}(a, b), \qquad
+        w_i \mid \sigma \sim \mathcal N(0, c^2 \sigma^2), \quad i = 1, \dots, n,
+
+    with the standard deviation :math:`\sigma` the one latent site ``site`` (positive support,
+    sampled as :math:`u = \log\sigma`). :meth:`Prior.inverse_gamma_scale` returns it so that
+    ``BNN.log_joint`` can score all such tensors at once (see ``models/bnn.py``) instead of
+    building a distribution per site per call.
+
+    Attributes
+    ----------
+    site
+        Name of the latent scale site.
+    concentration, rate
+        :math:`a, b > 0`.
+    factor
+        :math:`c > 0` (``1/sqrt(fan_in)`` for a fan-in-scaled prior, else 1).
+    """
+
+    site: str
+    concentration: float
+    rate: float
+    factor: float
 
 
 class Prior(ABC):
@@ -83,6 +122,19 @@ class Prior(ABC):
             Values of the sites declared by :meth:`latent_sites`, each of shape
             ``(*batch, *site_shape)``.
         """
+
+    def inverse_gamma_scale(
+        self, name: str, param: Tensor, module: nn.Module
+    ) -> InverseGammaScaleTerms | None:
+        """The prior of ``name`` as :class:`InverseGammaScaleTerms`, or ``None`` (the default).
+
+        An optional fast path: a prior whose latent sites and distribution for ``name`` are
+        exactly a per-tensor inverse-Gamma scale returns their parameters, and the vectorised
+        log density scores it in closed form. It must describe the same density as
+        :meth:`latent_sites` and :meth:`distribution`; a subclass that overrides either should
+        return ``None`` here.
+        """
+        return None
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))

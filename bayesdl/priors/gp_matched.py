@@ -31,7 +31,7 @@ import pyro.distributions as dist
 import torch
 from torch import Tensor, nn
 
-from .base import Prior, fan_in_of
+from .base import InverseGammaScaleTerms, Prior, fan_in_of
 from .gp_families import FAMILIES, PER
 from .hierarchical import InverseGammaScale
 
@@ -211,6 +211,21 @@ class GPMatched(Prior):
         scale = self.values[name]["scale"].to(dtype=param.dtype, device=param.device)
         scale = scale / math.sqrt(fan_in_of(param))
         return dist.Normal(torch.zeros_like(scale), scale)
+
+    def inverse_gamma_scale(
+        self, name: str, param: Tensor, module: nn.Module
+    ) -> InverseGammaScaleTerms | None:
+        """The hierarchical family's closed form (that of its :class:`InverseGammaScale`)."""
+        cls = type(self)
+        if (
+            self.family != "hierarchical"
+            or cls.latent_sites is not GPMatched.latent_sites
+            or cls.distribution is not GPMatched.distribution
+            or cls._hyperprior is not GPMatched._hyperprior
+        ):
+            return None
+        self._check(name, param)
+        return self._hyperprior(name).inverse_gamma_scale(name, param, module)
 
     # ------------------------------------------------------------------ inspection
     def scales(self) -> dict[str, Tensor]:

@@ -15,7 +15,7 @@ from pyro.distributions.transforms import PowerTransform
 from torch import Tensor, nn
 
 from .._checks import check_positive
-from .base import Prior, expand_right, fan_in_of
+from .base import InverseGammaScaleTerms, Prior, expand_right, fan_in_of
 
 __all__ = ["Horseshoe", "InverseGammaScale"]
 
@@ -68,6 +68,23 @@ class InverseGammaScale(Prior):
         factor = 1 / math.sqrt(fan_in_of(param)) if self.fan_in else 1.0
         scale = expand_right(latents[f"{name}_scale"], param.dim()) * factor
         return dist.Normal(scale.new_zeros(()), scale)
+
+    def inverse_gamma_scale(
+        self, name: str, param: Tensor, module: nn.Module
+    ) -> InverseGammaScaleTerms | None:
+        """This prior's closed form (``None`` for a subclass that redefines the density)."""
+        cls = type(self)
+        if (
+            cls.latent_sites is not InverseGammaScale.latent_sites
+            or cls.distribution is not InverseGammaScale.distribution
+        ):
+            return None
+        return InverseGammaScaleTerms(
+            site=f"{name}_scale",
+            concentration=self.concentration,
+            rate=self.rate,
+            factor=1 / math.sqrt(fan_in_of(param)) if self.fan_in else 1.0,
+        )
 
 
 class Horseshoe(Prior):
