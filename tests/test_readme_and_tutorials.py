@@ -65,7 +65,13 @@ EXPECTED_OUTPUTS = {
     "02_hmc.py": {"nuts_function_trace.png", "predictions.png", "cold_posterior.png"},
     "03_svgd.py": {"snelson_functions.png", "fmnist_metrics.png", "fmnist_entropy.png"},
     "04_vi_ssvi.py": {"vi_ssvi.png", "ssvi_0.1.pt", "dense_vi.pt"},
-    "05_gp_prior.py": {"prior_draws.png", "posterior_gap.png", "fit_report.png", "uci.png"},
+    "05_gp_prior.py": {
+        "prior_draws.png",
+        "posterior_gap.png",
+        "fit_report.png",
+        "prior_scales.png",
+        "uci.png",
+    },
 }
 
 
