@@ -19,6 +19,8 @@ Methods:
 * ``f-svgd``: SVGD, RBF kernel on the functions, pulled back through each particle's Jacobian;
 * ``h-svgd``: weight-space driving kernel, function-space repulsion (the composed kernel);
 * ``fwgd``: repulsive ensemble, Wasserstein gradient descent in function space (SSGE);
+* ``f-ensemble``: f-SVGD without repulsion (MAP fits under the SSGE functional prior), the
+  control for f-SVGD's missing weight prior;
 * ``ensemble-n01-prior-init``: the earlier comparison's setting, an N(0, 1) prior on every
   weight and members started from its draws.
 
@@ -54,6 +56,7 @@ import torch
 import bayesdl
 from bayesdl import diagnostics, likelihoods, priors
 from bayesdl.inference.base import NonFiniteError
+from bayesdl.inference.kernels import RBF
 from bayesdl.inference.svgd import SVGD
 from bayesdl.models import BNN, MLP
 
@@ -64,6 +67,10 @@ METHODS: dict[str, dict] = {
     "f-svgd": dict(kernel="function"),
     "h-svgd": dict(kernel="hybrid", function_space="probs"),
     "fwgd": dict(kernel="function", update="wgd-ssge"),
+    # f-SVGD with its repulsion switched off (a vanishing bandwidth: K = I, no repulsion): an
+    # ensemble of MAP fits under the functional prior, the control that separates f-SVGD's
+    # repulsion from its prior (f-SVGD applies no weight prior).
+    "f-ensemble": dict(kernel=RBF("function", bandwidth=1e-30)),
     # The setting of the earlier comparison: N(0, 1) on every weight and prior-draw starts.
     "ensemble-n01-prior-init": dict(kernel=None, init="prior", prior="n01"),
 }
