@@ -344,12 +344,16 @@ class SVGD(Backend):
         if not (init in _INITS or callable(init)):
             raise ValueError(f"init: expected one of {_INITS} or a callable, got {init!r}")
         self.init = init
+        self.kernel = _resolve_kernel(kernel)
         if function_space not in _FUNCTION_SPACES:
             raise ValueError(
                 f"function_space: expected one of {_FUNCTION_SPACES}, got {function_space!r}"
             )
+        if function_space != "logits" and not _uses_functions(self.kernel):
+            raise ValueError(
+                "function_space: only function-space and hybrid kernels compare functions"
+            )
         self.function_space = function_space
-        self.kernel = _resolve_kernel(kernel)
         self.steps = check_count("steps", steps)
         if not (isinstance(optimizer, type) and issubclass(optimizer, torch.optim.Optimizer)):
             raise TypeError(f"optimizer: expected a torch.optim.Optimizer class, got {optimizer!r}")

@@ -317,6 +317,8 @@ def test_probs_function_space_scores_and_compares_probabilities(seed):
         SVGD(particles=3, kernel="function", function_space="probs").fit(regression, xr, yr)
     with pytest.raises(ValueError, match="function_space"):
         SVGD(particles=3, function_space="softmax")
+    with pytest.raises(ValueError, match="function_space"):
+        SVGD(particles=3, kernel="weight", function_space="probs")
 
 
 def zero_prior(f, inputs):
