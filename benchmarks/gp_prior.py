@@ -55,7 +55,6 @@ import platform
 import statistics
 import time
 
-import gpytorch
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -64,7 +63,7 @@ import bayesdl
 from bayesdl.models import MLP
 from bayesdl.priors import measurement
 from bayesdl.priors.functional import fit_gp_prior, prior_functions
-from bayesdl.priors.gp import GPTarget
+from bayesdl.priors.gp import GPTarget, uci_target_kernel
 from bayesdl.priors.gp_families import make_family
 from bayesdl.priors.wasserstein import Critic, dual_estimate
 
@@ -150,18 +149,6 @@ def critic_step_times(
     return rows
 
 
-def uci_kernel(dim: int) -> gpytorch.kernels.Kernel:
-    """Tran et al.'s UCI target: RBF-ARD, lengthscale sqrt(2D), LogNormal hyperpriors."""
-    base = gpytorch.kernels.RBFKernel(
-        ard_num_dims=dim,
-        lengthscale_prior=gpytorch.priors.LogNormalPrior(math.log(math.sqrt(2 * dim)), 1.0),
-    )
-    base.lengthscale = math.sqrt(2 * dim)
-    return gpytorch.kernels.ScaleKernel(
-        base, outputscale_prior=gpytorch.priors.LogNormalPrior(0.1, 1.0)
-    )
-
-
 def full_fit(
     dataset: str, threads: int, steps: int, critic_steps: int, seed: int, device: torch.device
 ) -> dict:
@@ -172,7 +159,7 @@ def full_fit(
     start = time.perf_counter()
     prior = fit_gp_prior(
         net,
-        uci_kernel(data.in_features),
+        uci_target_kernel(data.in_features),
         measurement.from_data(data.x_train, 100, uniform_fraction=0.3, x_test=data.x_test),
         steps=steps,
         num_functions=128,
@@ -256,7 +243,7 @@ def compare_critics(args: argparse.Namespace) -> list[dict]:
     torch.set_num_threads(1)
     data = bayesdl.data.uci(args.dataset, split=0)
     sampler = measurement.from_data(data.x_train, 100, 0.3, x_test=data.x_test)
-    kernel = uci_kernel(data.in_features)
+    kernel = uci_target_kernel(data.in_features)
     target = GPTarget(kernel, hyperprior_draws="softplus")
     torch.manual_seed(0)
     net = MLP(data.in_features, [100], 1, activation="tanh")

@@ -77,7 +77,6 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import gpytorch
 import numpy as np
 import pyro.distributions as dist
 import torch
@@ -88,6 +87,7 @@ from bayesdl import likelihoods, priors
 from bayesdl.models import BNN, MLP
 from bayesdl.priors import measurement
 from bayesdl.priors.functional import fit_gp_prior
+from bayesdl.priors.gp import uci_target_kernel
 from bayesdl.priors.gp_matched import GPMatched
 
 DEFAULT_SETS = ("bostonHousing", "concrete", "energy", "yacht", "wine-quality-red")
@@ -139,32 +139,6 @@ def append_record(path: pathlib.Path, record: dict[str, Any]) -> None:
 
 
 # ------------------------------------------------------------------------------- set-up
-
-
-def uci_kernel(dim: int) -> gpytorch.kernels.Kernel:
-    """Tran et al.'s UCI target: RBF-ARD, lengthscale sqrt(2D), variance 1, LogNormal hyperpriors.
-
-    Parameters
-    ----------
-    dim
-        Input dimension ``D``.
-
-    Returns
-    -------
-    gpytorch.kernels.Kernel
-        ``ScaleKernel(RBF-ARD)`` with log lengthscale ~ N(log sqrt(2D), 1) and log variance
-        ~ N(0.1, 1) registered as priors (a hierarchical GP).
-    """
-    base = gpytorch.kernels.RBFKernel(
-        ard_num_dims=dim,
-        lengthscale_prior=gpytorch.priors.LogNormalPrior(math.log(math.sqrt(2 * dim)), 1.0),
-    )
-    base.lengthscale = math.sqrt(2 * dim)
-    kernel = gpytorch.kernels.ScaleKernel(
-        base, outputscale_prior=gpytorch.priors.LogNormalPrior(0.1, 1.0)
-    )
-    kernel.outputscale = 1.0
-    return kernel
 
 
 def make_net(in_features: int, width: int) -> MLP:
@@ -224,7 +198,7 @@ def fit_prior(
     start = time.perf_counter()
     prior = fit_gp_prior(
         net,
-        uci_kernel(data.in_features),
+        uci_target_kernel(data.in_features),
         measurement.from_data(
             data.x_train, args.measurement_points, 0.3, x_test=data.x_test
         ),  # 70% training inputs, 30% uniform in the train+test box

@@ -890,3 +890,19 @@ def test_hierarchical_shape_below_one_gives_heavy_tailed_but_finite_draws():
         {n: tuple(p.shape) for n, p in net.named_parameters()},
     )
     assert math.isinf(float(prior.scales()["layers.0.weight"]))
+
+
+def test_uci_target_kernel_is_the_papers_hierarchical_rbf_ard():
+    from bayesdl.priors.gp import uci_target_kernel
+
+    kernel = uci_target_kernel(8)
+    torch.testing.assert_close(
+        kernel.base_kernel.lengthscale, torch.full((1, 8), math.sqrt(16.0))
+    )
+    torch.testing.assert_close(kernel.outputscale, torch.tensor(1.0))
+    priors_ = {name: prior for name, _, prior, _, _ in kernel.named_priors()}
+    lengthscale_prior = priors_["base_kernel.lengthscale_prior"]
+    torch.testing.assert_close(lengthscale_prior.loc, torch.tensor(math.log(math.sqrt(16.0))))
+    torch.testing.assert_close(priors_["outputscale_prior"].loc, torch.tensor(0.1))
+    with pytest.raises(ValueError, match="dim"):
+        uci_target_kernel(0)

@@ -63,7 +63,7 @@ from bayesdl.inference import NUTS, SGHMC
 from bayesdl.models import BNN, MLP
 from bayesdl.priors import measurement
 from bayesdl.priors.functional import fit_gp_prior, prior_functions
-from bayesdl.priors.gp import GPTarget
+from bayesdl.priors.gp import GPTarget, uci_target_kernel
 from bayesdl.priors.gp_families import GaussianFamily
 from bayesdl.priors.wasserstein import empirical_wasserstein
 
@@ -327,20 +327,6 @@ print(json.dumps(toy, indent=2))
 
 
 # %%
-def uci_kernel(dim):
-    """Tran et al.'s UCI target: RBF-ARD, lengthscale sqrt(2D), variance 1; log lengthscale ~
-    N(log sqrt(2D), 1) and log variance ~ N(0.1, 1) (a hierarchical GP: every function gets its
-    own hyperparameters)."""
-    base = gpytorch.kernels.RBFKernel(
-        ard_num_dims=dim,
-        lengthscale_prior=gpytorch.priors.LogNormalPrior(math.log(math.sqrt(2 * dim)), 1.0),
-    )
-    base.lengthscale = math.sqrt(2 * dim)
-    kernel = gpytorch.kernels.ScaleKernel(
-        base, outputscale_prior=gpytorch.priors.LogNormalPrior(0.1, 1.0)
-    )
-    kernel.outputscale = 1.0
-    return kernel
 
 
 def uci_net(in_features):
@@ -362,7 +348,7 @@ def fit_uci_prior(data, seed, **options):
     """A GP-matched Gaussian prior for the UCI network on one standardised split."""
     return fit_gp_prior(
         uci_net(data.in_features),
-        uci_kernel(data.in_features),
+        uci_target_kernel(data.in_features),
         measurement.from_data(data.x_train, 100, 0.3, x_test=data.x_test),
         lr=0.05,
         hyperprior_draws="softplus",

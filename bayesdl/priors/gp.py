@@ -30,12 +30,13 @@ et al.'s reference code.
 from __future__ import annotations
 
 import copy
+import math
 
 import gpytorch
 import torch
 from torch import Tensor
 
-__all__ = ["HYPERPRIOR_DRAWS", "GPTarget", "cholesky_with_jitter"]
+__all__ = ["HYPERPRIOR_DRAWS", "GPTarget", "cholesky_with_jitter", "uci_target_kernel"]
 
 #: How a hyperprior draw becomes a hyperparameter: as is, or through softplus (Tran et al.).
 HYPERPRIOR_DRAWS = ("value", "softplus")
@@ -235,3 +236,26 @@ class GPTarget:
         kind = "hierarchical " if self.hierarchical else ""
         draws = ", hyperprior_draws='softplus'" if self.hyperprior_draws == "softplus" else ""
         return f"GPTarget({kind}kernel={self.kernel!r}, mean={type(self.mean).__name__}{draws})"
+
+
+def uci_target_kernel(dim: int) -> gpytorch.kernels.Kernel:
+    r"""Tran et al.'s (2022) target GP for UCI regression: a hierarchical RBF-ARD kernel.
+
+    :math:`k(x, x') = \sigma^2 \exp(-	frac12 \sum_d (x_d - x'_d)^2 / \ell_d^2)` on ``dim``
+    standardised inputs, with hyperpriors :math:`\log \ell_d \sim \mathcal N(\log\sqrt{2D}, 1)`
+    and :math:`\log \sigma^2 \sim \mathcal N(0.1, 1)` registered on the gpytorch modules (so
+    every function drawn by :class:`GPTarget` gets its own hyperparameters), and the values
+    :math:`\ell_d = \sqrt{2D}`, :math:`\sigma^2 = 1` set for draws without the hyperpriors.
+    """
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+        raise ValueError(f"dim: expected a positive integer, got {dim!r}")
+    base = gpytorch.kernels.RBFKernel(
+        ard_num_dims=dim,
+        lengthscale_prior=gpytorch.priors.LogNormalPrior(math.log(math.sqrt(2 * dim)), 1.0),
+    )
+    base.lengthscale = math.sqrt(2 * dim)
+    kernel = gpytorch.kernels.ScaleKernel(
+        base, outputscale_prior=gpytorch.priors.LogNormalPrior(0.1, 1.0)
+    )
+    kernel.outputscale = 1.0
+    return kernel
