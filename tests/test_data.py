@@ -286,6 +286,54 @@ def test_fashion_mnist_missing(tmp_path):
         data.fashion_mnist(root=tmp_path)
 
 
+def test_synthetic_images():
+    ds = data.synthetic_images(num_train=60, num_test=30, seed=0)
+    assert ds.name == "synthetic_images" and ds.task == "classification"
+    assert ds.num_classes == 10 and ds.x_mean is None and ds.y_std is None
+    assert ds.x_train.shape == (60, 1, 28, 28) and ds.x_test.shape == (30, 1, 28, 28)
+    assert ds.x_train.dtype == torch.float32 and ds.y_train.dtype == torch.int64
+    assert ds.in_features == 784
+    assert float(ds.x_train.min()) >= 0.0 and float(ds.x_train.max()) <= 1.0
+    assert torch.equal(torch.bincount(ds.y_train), torch.full((10,), 6))
+    assert torch.equal(torch.unique(ds.y_test), torch.arange(10))
+    again = data.synthetic_images(num_train=60, num_test=30, seed=0)
+    assert torch.equal(ds.x_train, again.x_train) and torch.equal(ds.y_test, again.y_test)
+    other = data.synthetic_images(num_train=60, num_test=30, seed=1)
+    assert not torch.equal(ds.x_train, other.x_train)
+    small = data.synthetic_images(5, 3, num_classes=3, image_size=8, dtype=torch.float64)
+    assert small.x_train.shape == (5, 1, 8, 8) and small.x_train.dtype == torch.float64
+    assert small.num_classes == 3
+
+
+def test_synthetic_images_are_learnable():
+    """The class templates differ: nearest class mean on the training split classifies the test."""
+    ds = data.synthetic_images(num_train=200, num_test=100, seed=0)
+    x_train, x_test = ds.x_train.flatten(1), ds.x_test.flatten(1)
+    means = torch.stack([x_train[ds.y_train == k].mean(0) for k in range(10)])
+    predicted = torch.cdist(x_test, means).argmin(1)
+    assert float((predicted == ds.y_test).float().mean()) > 0.9
+
+
+def test_synthetic_images_bad_arguments():
+    for name, bad in (("num_train", 0), ("num_test", -1), ("num_classes", 1), ("image_size", 0)):
+        with pytest.raises(ValueError, match=name):
+            data.synthetic_images(**{name: bad})
+    with pytest.raises(TypeError, match="num_train"):
+        data.synthetic_images(num_train=2.5)
+    with pytest.raises(ValueError, match="seed"):
+        data.synthetic_images(seed=-1)
+    with pytest.raises(TypeError, match="dtype"):
+        data.synthetic_images(dtype=torch.int64)
+
+
+def test_fashion_mnist_missing_is_never_replaced(tmp_path, monkeypatch):
+    """The stand-in is opt-in: the real loader names the package and the variable."""
+    monkeypatch.setenv("BAYESDL_FASHION_MNIST", str(tmp_path / "absent"))
+    with pytest.raises(FileNotFoundError, match="BAYESDL_FASHION_MNIST") as info:
+        data.fashion_mnist()
+    assert "dataset-fashion-mnist" in str(info.value)
+
+
 def test_idx_magic_checked(tmp_path, monkeypatch):
     """A labels file where an images file belongs is rejected by its magic number."""
     root = shared_data()
