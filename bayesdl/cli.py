@@ -134,7 +134,7 @@ def _backend_settings(args: argparse.Namespace) -> dict[str, object]:
 
     Raises SystemExit naming the option and the backend when an option given does not apply.
     """
-    backend = args.backend
+    backend = args.backend.lower()
     settings = dict(_CLI_DEFAULTS.get(backend, {}))
     for flag, (keyword, backends, _) in _OPTIONS.items():
         if not hasattr(args, _dest(flag)):  # not given (argparse.SUPPRESS)

@@ -119,8 +119,8 @@ def test_fit_rejects_an_unknown_backend():
         main(["fit", "diabetes", "--quiet", "--backend", "bogus"])
 
 
-def test_fit_reports_a_bad_backend_setting_with_the_backend(tmp_path):
-    with pytest.raises(SystemExit, match="--backend svgd: .*particles"):
+def test_fit_reports_a_bad_backend_setting_with_the_backend():
+    with pytest.raises(SystemExit, match=r"--backend svgd: .*particles"):
         main(["fit", "diabetes", "--quiet", "--backend", "svgd", "--particles", "0"])
 
 
@@ -134,3 +134,23 @@ def test_fit_help_says_which_options_apply_to_which_backend(capsys):
     assert "svgd --particles --kernel --steps --lr --batch-size --compile" in text
     assert "sghmc --chains --draws --lr --batch-size --burn-in --thin" in text
     assert "vi --draws --steps --lr --batch-size" in text
+
+
+def test_readme_fit_commands_parse_and_build_their_backend():
+    """Each ``bayesdl fit`` line of the README's command-line section is valid (not run)."""
+    import pathlib
+    import shlex
+
+    from bayesdl import cli
+    from bayesdl.inference import get
+
+    readme = (pathlib.Path(__file__).parents[1] / "README.md").read_text()
+    lines = [ln for ln in readme.splitlines() if ln.startswith("bayesdl fit ")]
+    assert len(lines) >= 2
+    backends = set()
+    for line in lines:
+        args = cli._parser().parse_args(shlex.split(line.split("#")[0])[1:])
+        backend = args.backend.lower()
+        get(backend)(**cli._backend_settings(args))
+        backends.add(backend)
+    assert len(backends) >= 4
