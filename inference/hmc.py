@@ -11,6 +11,7 @@ Two engines run the same declaration:
 
 from __future__ import annotations
 
+import math
 from abc import abstractmethod
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -32,7 +33,11 @@ if TYPE_CHECKING:  # pragma: no cover
     from bayesdl import Posterior
     from bayesdl.models import BNN
 
-__all__ = ["HMC", "HamiltonianBackend"]
+__all__ = ["DEFAULT_TRAJECTORY_LENGTH", "HMC", "HamiltonianBackend"]
+
+#: :class:`HMC`'s integration time when neither ``num_steps`` nor ``trajectory_length`` is given:
+#: a quarter period of a unit-scale Gaussian (see :class:`HMC`).
+DEFAULT_TRAJECTORY_LENGTH = math.pi / 2
 
 _ENGINES = ("bayesdl", "pyro")
 _MASSES = ("diag", "dense")
@@ -254,21 +259,34 @@ def _base_seed(seed: int | Sequence[int] | None) -> int | None:
 
 
 class HMC(HamiltonianBackend):
-    """Hamiltonian Monte Carlo with a fixed trajectory (Neal 2011).
+    r"""Hamiltonian Monte Carlo with a fixed trajectory (Neal 2011).
 
     Each transition runs ``num_steps`` leapfrog steps, or ``ceil(trajectory_length /
     step_size)`` with a trajectory length, and accepts the end point with probability
     ``min(1, exp(H_0 - H_L))``. Warmup adapts the per-chain step size by dual averaging and the
     mass matrix in Stan's windows, as :class:`~.nuts.NUTS` does.
 
+    **Default trajectory.** With neither ``num_steps`` nor ``trajectory_length``, the trajectory
+    length is :data:`DEFAULT_TRAJECTORY_LENGTH` :math:`= \pi/2` and the number of steps follows
+    the adapted step size (capped by ``max_steps``). A fixed length rather than a fixed number of
+    steps, because the step size is adapted: a fixed ``num_steps`` would make the distance
+    travelled shrink or grow with whatever step size warmup finds. Why :math:`\pi/2`: after
+    mass-matrix adaptation the posterior's marginal scales are about 1, and for a unit Gaussian
+    the Hamiltonian flow rotates each ``(position, momentum)`` pair by the angle ``t``, so a
+    quarter period ``t = pi/2`` maps the position onto the fresh, independent momentum: the
+    end point is uncorrelated with the start. Pyro's default ``2*pi`` is a full period (it
+    returns to the start on that Gaussian) at four times the cost. On a posterior far from
+    Gaussian a longer trajectory, or :class:`~.nuts.NUTS`, may mix better.
+
     Parameters
     ----------
     chains, warmup, draws
         Number of chains, adaptation steps (discarded) and kept draws per chain.
     num_steps
-        Leapfrog steps per transition (give this or ``trajectory_length``).
+        Leapfrog steps per transition (give this or ``trajectory_length``, not both).
     trajectory_length
         Integration time per transition; the number of steps follows the adapted step size.
+        Default (neither given): :math:`\pi/2`, see above.
     target_accept
         Target acceptance probability of the step-size adaptation.
     mass
@@ -306,8 +324,13 @@ class HMC(HamiltonianBackend):
         super().__init__(
             chains, warmup, draws, target_accept, mass, engine, step_size, jit, compile
         )
-        if (num_steps is None) == (trajectory_length is None):
-            raise ValueError("num_steps, trajectory_length: give exactly one of them")
+        if num_steps is not None and trajectory_length is not None:
+            raise ValueError(
+                "num_steps, trajectory_length: give at most one of them (neither: "
+                f"trajectory_length={DEFAULT_TRAJECTORY_LENGTH:.4g}, i.e. pi/2)"
+            )
+        if num_steps is None and trajectory_length is None:
+            trajectory_length = DEFAULT_TRAJECTORY_LENGTH
         self.num_steps = None if num_steps is None else check_count("num_steps", num_steps)
         self.trajectory_length = (
             None

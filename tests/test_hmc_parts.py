@@ -136,10 +136,8 @@ def test_sample_checks_its_arguments():
         nuts.sample(lambda t: torch.log(t).sum(-1), -torch.ones(2, 3), progress=False)
     with pytest.raises(ValueError, match="engine"):
         NUTS(engine="pyro").sample(lambda t: -t.pow(2).sum(-1), torch.zeros(4, 2))
-    with pytest.raises(ValueError, match="num_steps"):
+    with pytest.raises(ValueError, match="num_steps, trajectory_length"):
         HMC(num_steps=5, trajectory_length=1.0)
-    with pytest.raises(ValueError, match="num_steps"):
-        HMC()
 
 
 def test_sample_returns_a_posterior_without_a_bnn():
@@ -160,3 +158,24 @@ def test_sample_returns_a_posterior_without_a_bnn():
     assert idata.sample_stats["tree_depth"].shape == (2, 10)
     with pytest.raises(ValueError, match="no BNN"):
         post.predict(torch.zeros(1, 3))
+
+
+def test_hmc_defaults_to_a_quarter_period_trajectory_and_fits_a_bnn():
+    from bayesdl import likelihoods, priors
+    from bayesdl.inference.hmc import DEFAULT_TRAJECTORY_LENGTH
+    from bayesdl.models import BNN, MLP
+
+    hmc = HMC()
+    assert hmc.num_steps is None and hmc.trajectory_length == DEFAULT_TRAJECTORY_LENGTH
+    assert DEFAULT_TRAJECTORY_LENGTH == pytest.approx(math.pi / 2)
+    # explicit settings still win
+    assert HMC(num_steps=7).num_steps == 7 and HMC(num_steps=7).trajectory_length is None
+    assert HMC(trajectory_length=2.0).trajectory_length == 2.0
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(40, 2, generator=gen)
+    y = x[:, 0] + 0.1 * torch.randn(40, generator=gen)
+    torch.manual_seed(0)
+    bnn = BNN(MLP(2, [4], 1, "tanh"), priors.Gaussian(1.0), likelihoods.Gaussian(0.3))
+    post = HMC(chains=2, warmup=15, draws=5).fit(bnn, x, y, seed=0, progress=False)
+    assert post.theta.shape == (2, 5, bnn.num_params)
+    assert torch.isfinite(post.theta).all()
