@@ -26,6 +26,23 @@ All chains step together as one ``(C, D)`` batch and share the minibatch of each
 chain is still a valid sampler; their gradient noise is correlated). Each chain's injected
 noise comes from its own random stream.
 
+**Default learning rate** (``lr=None``): :math:`\eta = c / N` with ``N = num_data`` (all
+the rows given to ``fit``) and :math:`c` = :data:`DEFAULT_LR_PER_DATUM` :math:`= 0.01`. The
+log joint is a prior plus :math:`N` likelihood terms (minibatch terms are scaled by
+:math:`N/B`), so its gradient and its curvature grow linearly with :math:`N`: near a mode the
+largest Hessian eigenvalue is about :math:`\lambda = N \lambda_1` with :math:`\lambda_1` the
+per-datum curvature (Fisher information over the likelihood variance). Both updates are stable
+on a quadratic only if :math:`\eta\lambda < 4` (SGLD: :math:`|1 - \eta\lambda/2| < 1`;
+SGHMC: :math:`\eta\lambda < 2(2 - \alpha)`), so a fixed :math:`\eta` that works for a few
+hundred rows diverges for tens of thousands (the old default ``lr=1e-4`` did from about 5,000
+rows). With :math:`\eta = c/N` the condition becomes :math:`c\lambda_1 < 4`, independent of
+:math:`N`; :math:`c = 0.01` allows :math:`\lambda_1` up to a few hundred with a margin for
+SGHMC's momentum, which carries a gradient over about :math:`1/\alpha` steps while the chain
+comes down from its prior draw. That covers tanh/ReLU MLPs on standardised inputs with a
+likelihood scale of about 0.3 or more; the curvature grows as :math:`1/\sigma^2`, so a much
+smaller likelihood scale, wide layers or a cold posterior need a smaller ``lr`` (given
+explicitly, ``lr`` is used as it is).
+
 **Temperature diagnostics** (Fortuin et al. 2022, after Leimkuhler & Matthews): at
 stationarity the kinetic temperature
 :math:`\frac1D\sum_i v_i^2 (2 - \alpha) / (2\eta M^{-1}_i)` (SGHMC only; the factor corrects
@@ -57,7 +74,10 @@ from .schedules import Constant, Schedule
 if TYPE_CHECKING:  # pragma: no cover
     from bayesdl.models import BNN
 
-__all__ = ["SGHMC", "SGLD"]
+__all__ = ["DEFAULT_LR_PER_DATUM", "SGHMC", "SGLD"]
+
+#: ``c`` of the default learning rate ``lr = c / num_data`` (see the module docstring).
+DEFAULT_LR_PER_DATUM = 0.01
 
 _STATS = ("step_size", "configurational_temperature", "kinetic_temperature")
 
@@ -70,7 +90,7 @@ class _StochasticGradientMCMC(Backend):
     def __init__(
         self,
         chains: int,
-        lr: float,
+        lr: float | None,
         batch_size: int | None,
         burn_in: int | None,
         draws: int | None,
@@ -80,7 +100,7 @@ class _StochasticGradientMCMC(Backend):
         precondition_every: int | None,
     ) -> None:
         self.chains = check_count("chains", chains)
-        self.lr = check_positive("lr", lr)
+        self.lr = None if lr is None else check_positive("lr", lr)
         self.batch_size = None if batch_size is None else check_count("batch_size", batch_size)
         if schedule is None:
             schedule = Constant(
@@ -164,6 +184,7 @@ class _StochasticGradientMCMC(Backend):
         theta = init_theta.detach().to(dtype=bnn.dtype, device=bnn.device).clone()
         batches = Minibatches(x, y, self.batch_size, base_seed)
         rng = ChainRNG.from_seed(seed, self.chains, device=theta.device, dtype=theta.dtype)
+        lr = DEFAULT_LR_PER_DATUM / batches.num_data if self.lr is None else self.lr
         every = self.precondition_every or max(1, batches.num_data // batches.batch_size)
         precond = make_preconditioner(self.preconditioner, self.chains, theta, bnn.layout, every)
         velocity = torch.zeros_like(theta)
@@ -183,7 +204,7 @@ class _StochasticGradientMCMC(Backend):
             lp, grad = potential(theta)
             if stage == "burn-in":
                 precond.observe(grad, k)
-            eta = self.lr * schedule.lr_factor(k)
+            eta = lr * schedule.lr_factor(k)
             noise = rng.normal(dim) if schedule.noise(k) else None
             config_t = temperature * -(theta * grad).sum(-1) / dim
             theta, velocity = self._update(theta, velocity, grad, precond.inverse_mass, eta, noise)
@@ -223,7 +244,7 @@ class _StochasticGradientMCMC(Backend):
             partial=outcome.partial,
             attrs={
                 "inference": self.name,
-                "lr": self.lr,
+                "lr": lr,
                 "batch_size": batches.batch_size,
                 "schedule": repr(schedule),
                 "preconditioner": str(self.preconditioner),
@@ -242,6 +263,8 @@ class SGHMC(_StochasticGradientMCMC):
         Number of chains, advanced together.
     lr
         Learning rate :math:`\\eta` (the step applied to the gradient of the log joint).
+        Default ``None``: ``DEFAULT_LR_PER_DATUM / num_data`` ``= 0.01 / len(x)``, which keeps
+        the step stable as the data grow (see the module docstring).
     momentum_decay
         Friction :math:`\\alpha` in (0, 1]: the fraction of the velocity lost per step.
     batch_size
@@ -263,7 +286,7 @@ class SGHMC(_StochasticGradientMCMC):
     def __init__(
         self,
         chains: int = 4,
-        lr: float = 1e-4,
+        lr: float | None = None,
         momentum_decay: float = 0.05,
         batch_size: int | None = None,
         burn_in: int | None = None,
@@ -324,7 +347,7 @@ class SGLD(_StochasticGradientMCMC):
     def __init__(
         self,
         chains: int = 4,
-        lr: float = 1e-5,
+        lr: float | None = None,
         batch_size: int | None = None,
         burn_in: int | None = None,
         draws: int | None = None,

@@ -126,3 +126,30 @@ def test_settings_are_checked():
     bnn, x, y = _problem()
     with pytest.raises(ValueError, match="init_theta"):
         SGHMC(chains=2).fit(bnn, x, y, init_theta=torch.zeros(3, 2))
+
+
+def test_default_learning_rate_scales_with_num_data_and_does_not_diverge_on_many_rows():
+    from bayesdl.inference.sgmcmc import DEFAULT_LR_PER_DATUM
+
+    n = 20_000
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 10, generator=gen)
+    y = torch.sin(x[:, 0]) + x[:, 1] + 0.3 * torch.randn(n, generator=gen)
+    torch.manual_seed(0)
+    bnn = BNN(MLP(10, [20], 1, "tanh"), priors.Gaussian(1.0), likelihoods.Gaussian(0.5))
+    short = {"chains": 2, "batch_size": 32, "burn_in": 100, "draws": 5, "thin": 2}
+    # the old fixed default lr=1e-4 diverges here: the gradient grows with num_data
+    with pytest.raises(NonFiniteError):
+        SGHMC(lr=1e-4, **short).fit(bnn, x, y, seed=0, progress=False)
+    for sampler in (SGHMC(**short), SGLD(**short)):
+        assert sampler.lr is None
+        post = sampler.fit(bnn, x, y, seed=0, progress=False)
+        assert post.theta.shape == (2, 5, bnn.num_params) and torch.isfinite(post.theta).all()
+        assert post.attrs["lr"] == pytest.approx(DEFAULT_LR_PER_DATUM / n)
+        torch.testing.assert_close(
+            post.sample_stats["step_size"],
+            torch.full((2, 5), DEFAULT_LR_PER_DATUM / n, dtype=torch.float64),
+        )
+    # an explicit lr is used as given
+    post = SGLD(lr=1e-6, **short).fit(bnn, x, y, seed=0, progress=False)
+    assert post.attrs["lr"] == 1e-6
