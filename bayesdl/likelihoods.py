@@ -27,7 +27,14 @@ from .priors.base import expand_right
 
 _LOG_2PI = math.log(2 * math.pi)
 
-__all__ = ["Bernoulli", "Categorical", "Gaussian", "Likelihood"]
+__all__ = [
+    "Bernoulli",
+    "Categorical",
+    "Gaussian",
+    "HeteroscedasticGaussian",
+    "Likelihood",
+    "StudentT",
+]
 
 
 class Likelihood(ABC):
@@ -85,36 +92,24 @@ def _check_float_targets(y: Tensor, out_features: int) -> Tensor:
     return y
 
 
-class Gaussian(Likelihood):
-    r"""Gaussian observation noise, :math:`y \sim \mathcal N(f, \sigma^2)` per output.
+def _check_scale(scale: float | Distribution) -> float | Distribution:
+    """A fixed positive noise scale, or a scalar prior over positive numbers."""
+    if isinstance(scale, Distribution):
+        if scale.batch_shape != () or scale.event_shape != ():
+            raise ValueError(f"scale: the prior on the noise scale must be scalar, got {scale}")
+        if bool(scale.support.check(torch.tensor(-1.0))):
+            raise ValueError(f"scale: the prior's support must be positive, got {scale.support}")
+        return scale
+    return check_positive("scale", scale)
 
-    Parameters
-    ----------
-    scale
-        The noise standard deviation ``sigma``: a fixed number > 0, or a Pyro distribution over
-        positive numbers (``pyro.distributions.HalfNormal(1.0)``, say) to learn it; it is then
-        the latent site ``"likelihood.scale"``.
 
-    Notes
-    -----
-    Targets of shape ``(N,)`` and ``(N, 1)`` are both accepted for a single-output network.
-    The predictive standard deviation includes the noise:
-    ``Var[y] = Var_theta[f] + E_theta[sigma^2]``.
-    """
+class _ScaledNoise(Likelihood):
+    """Real-valued targets with one noise scale, fixed or learned (site ``"likelihood.scale"``)."""
 
     site = "likelihood.scale"
 
     def __init__(self, scale: float | Distribution = 1.0) -> None:
-        if isinstance(scale, Distribution):
-            if scale.batch_shape != () or scale.event_shape != ():
-                raise ValueError(f"scale: the prior on the noise scale must be scalar, got {scale}")
-            if bool(scale.support.check(torch.tensor(-1.0))):
-                raise ValueError(
-                    f"scale: the prior's support must be positive, got {scale.support}"
-                )
-            self.scale: float | Distribution = scale
-        else:
-            self.scale = check_positive("scale", scale)
+        self.scale: float | Distribution = _check_scale(scale)
 
     @property
     def learned(self) -> bool:
@@ -133,6 +128,33 @@ class Gaussian(Likelihood):
     def check_targets(self, y: Tensor, out_features: int) -> Tensor:
         return _check_float_targets(y, out_features)
 
+
+def _summary(mean_f: Tensor, noise_var: Tensor) -> tuple[Tensor, Tensor]:
+    """Predictive mean and std from draws of the mean ``(S, N, k)`` and the noise variance."""
+    mean = mean_f.mean(0)
+    std = (mean_f.var(0, correction=0) + noise_var.expand_as(mean_f).mean(0)).sqrt()
+    if mean_f.shape[-1] == 1:
+        return mean[..., 0], std[..., 0]
+    return mean, std
+
+
+class Gaussian(_ScaledNoise):
+    r"""Gaussian observation noise, :math:`y \sim \mathcal N(f, \sigma^2)` per output.
+
+    Parameters
+    ----------
+    scale
+        The noise standard deviation ``sigma``: a fixed number > 0, or a Pyro distribution over
+        positive numbers (``pyro.distributions.HalfNormal(1.0)``, say) to learn it; it is then
+        the latent site ``"likelihood.scale"``.
+
+    Notes
+    -----
+    Targets of shape ``(N,)`` and ``(N, 1)`` are both accepted for a single-output network.
+    The predictive standard deviation includes the noise:
+    ``Var[y] = Var_theta[f] + E_theta[sigma^2]``.
+    """
+
     def predictive(self, f: Tensor, latents: Mapping[str, Tensor]) -> Distribution:
         return dist.Normal(f, self.noise_scale(latents, f)).to_event(1)
 
@@ -143,12 +165,103 @@ class Gaussian(Likelihood):
         return (-0.5 * z.square() - scale.log()).sum(-1) - 0.5 * f.shape[-1] * _LOG_2PI
 
     def summary(self, f: Tensor, latents: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
-        noise_var = self.noise_scale(latents, f).square().expand_as(f).mean(0)
-        mean = f.mean(0)
-        std = (f.var(0, correction=0) + noise_var).sqrt()
-        if f.shape[-1] == 1:
-            return mean[..., 0], std[..., 0]
-        return mean, std
+        return _summary(f, self.noise_scale(latents, f).square())
+
+
+class StudentT(_ScaledNoise):
+    r"""Student-t observation noise, :math:`y = f + \sigma \varepsilon`,
+    :math:`\varepsilon \sim t_\nu`, per output: a Gaussian with heavy tails, robust to outliers.
+
+    Parameters
+    ----------
+    scale
+        The noise scale ``sigma`` (not the standard deviation): a fixed number > 0, or a Pyro
+        distribution over positive numbers to learn it, as for :class:`Gaussian`; it is then the
+        latent site ``"likelihood.scale"``.
+    df
+        Degrees of freedom ``nu`` > 0, fixed (default 4: heavy tails with a finite variance;
+        as ``nu -> inf`` this becomes :class:`Gaussian`).
+
+    Notes
+    -----
+    Targets as for :class:`Gaussian`. The predictive standard deviation includes the noise,
+    ``Var[y] = Var_theta[f] + E_theta[sigma^2] nu / (nu - 2)``, which is infinite for
+    ``nu <= 2``.
+    """
+
+    def __init__(self, scale: float | Distribution = 1.0, df: float = 4.0) -> None:
+        super().__init__(scale)
+        self.df = check_positive("df", df)
+
+    def predictive(self, f: Tensor, latents: Mapping[str, Tensor]) -> Distribution:
+        scale = self.noise_scale(latents, f)
+        return dist.StudentT(f.new_tensor(self.df), f, scale).to_event(1)
+
+    def log_prob(self, f: Tensor, y: Tensor, latents: Mapping[str, Tensor]) -> Tensor:
+        """``predictive(f).log_prob(y)`` written out: the sampler's inner loop calls it."""
+        scale = self.noise_scale(latents, f)
+        nu = self.df
+        z = (y - f) / scale
+        const = math.lgamma((nu + 1) / 2) - math.lgamma(nu / 2) - 0.5 * math.log(nu * math.pi)
+        per_output = -0.5 * (nu + 1) * torch.log1p(z.square() / nu) - scale.log()
+        return per_output.sum(-1) + f.shape[-1] * const
+
+    def summary(self, f: Tensor, latents: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+        factor = self.df / (self.df - 2) if self.df > 2 else math.inf
+        return _summary(f, self.noise_scale(latents, f).square() * factor)
+
+
+class HeteroscedasticGaussian(Likelihood):
+    r"""Gaussian noise whose scale the network predicts: :math:`y \sim \mathcal N(\mu, \sigma^2)`.
+
+    The network has two outputs per target: for ``k`` targets, ``2k`` outputs, the means
+    ``mu = f[..., :k]`` then the unconstrained scales ``r = f[..., k:]``, mapped to
+    ``sigma = softplus(r) + min_scale``. The floor keeps ``sigma`` away from 0, so a network
+    that fits a point exactly cannot send the log-likelihood to infinity.
+
+    Parameters
+    ----------
+    min_scale
+        The floor ``> 0`` added to the scale (default ``1e-3``, in the units of the targets;
+        standardised targets have unit scale).
+
+    Notes
+    -----
+    Targets of shape ``(N,)`` and ``(N, 1)`` are both accepted for a network with 2 outputs;
+    ``(N, k)`` for ``2k`` outputs. The predictive mean is ``E_theta[mu]`` and the standard
+    deviation includes the predicted noise: ``Var[y] = Var_theta[mu] + E_theta[sigma^2]``.
+    """
+
+    def __init__(self, min_scale: float = 1e-3) -> None:
+        self.min_scale = check_positive("min_scale", min_scale)
+
+    def check_outputs(self, out_features: int) -> None:
+        if out_features % 2:
+            raise ValueError(
+                f"HeteroscedasticGaussian: the network has {out_features} output(s); it needs "
+                "two per target (the means, then the unconstrained scales), an even number"
+            )
+
+    def check_targets(self, y: Tensor, out_features: int) -> Tensor:
+        return _check_float_targets(y, out_features // 2)
+
+    def mean_and_scale(self, f: Tensor) -> tuple[Tensor, Tensor]:
+        """Split outputs ``(*batch, N, 2k)`` into the means and scales, each ``(*batch, N, k)``."""
+        k = f.shape[-1] // 2
+        return f[..., :k], torch.nn.functional.softplus(f[..., k:]) + self.min_scale
+
+    def predictive(self, f: Tensor, latents: Mapping[str, Tensor]) -> Distribution:
+        return dist.Normal(*self.mean_and_scale(f)).to_event(1)
+
+    def log_prob(self, f: Tensor, y: Tensor, latents: Mapping[str, Tensor]) -> Tensor:
+        """``predictive(f).log_prob(y)`` written out: the sampler's inner loop calls it."""
+        mean, scale = self.mean_and_scale(f)
+        z = (y - mean) / scale
+        return (-0.5 * z.square() - scale.log()).sum(-1) - 0.5 * mean.shape[-1] * _LOG_2PI
+
+    def summary(self, f: Tensor, latents: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+        mean, scale = self.mean_and_scale(f)
+        return _summary(mean, scale.square())
 
 
 def _check_labels(y: Tensor) -> Tensor:

@@ -135,7 +135,15 @@ class Predictive:
         y = self._check_targets(y)
         if y.shape[0] != self.samples.shape[2]:
             raise ValueError(f"y: has {y.shape[0]} rows, the predictions {self.samples.shape[2]}")
-        return self.likelihood.log_prob(self.samples, y, self._latents)
+        ll = self.likelihood.log_prob(self.samples, y, self._latents)
+        if ll.shape != self.samples.shape[:3]:
+            raise ValueError(
+                f"likelihood: {type(self.likelihood).__name__}.log_prob gives shape "
+                f"{tuple(ll.shape)} for outputs {tuple(self.samples.shape)} and targets "
+                f"{tuple(y.shape)}; expected one value per draw and target, "
+                f"{tuple(self.samples.shape[:3])}"
+            )
+        return ll
 
     def log_prob(self, y: Tensor) -> Tensor:
         r"""Log posterior predictive density of each target, ``(N,)``:
@@ -418,6 +426,13 @@ class Posterior:
         scale = float(y_scale)
         if not math.isfinite(scale) or scale <= 0:
             raise ValueError(f"y_scale: must be a finite number > 0, got {y_scale!r}")
+        mean = pred.mean
+        if mean.shape != y.shape and not (y.shape[-1] == 1 and mean.shape == y.shape[:-1]):
+            raise ValueError(
+                f"likelihood: {type(bnn.likelihood).__name__}.summary gives a predictive mean "
+                f"of shape {tuple(mean.shape)} for targets of shape {tuple(y.shape)}; it must "
+                "have one value per target"
+            )
         return {
             "rmse": rmse(pred.mean, y) * scale,
             "nll": nll + y.shape[-1] * math.log(scale),

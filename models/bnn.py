@@ -504,7 +504,44 @@ class BNN:
         y = self.likelihood.check_targets(y.to(self.device), self.out_features(x))
         if y.is_floating_point():
             y = y.to(self.dtype)
+        self._check_likelihood_shapes(x, y)
         return x, y
+
+    def _check_likelihood_shapes(self, x: Tensor, y: Tensor) -> None:
+        """The likelihood's shape contract on two rows: outputs ``(P, n, out)`` against targets
+        ``y[:n]`` give one log-density per target, ``(P, n)``; a custom likelihood (or net)
+        whose outputs would broadcast against the targets is refused here, before any work."""
+        n = min(2, x.shape[0])
+        out = self.out_features(x)
+        f = torch.zeros(1, n, out, dtype=self.dtype, device=self.device)
+        latents = {
+            site: torch.distributions.biject_to(d.support)(
+                torch.zeros(d.shape(), dtype=self.dtype, device=self.device)
+            )
+            for site, d in self.likelihood.latent_sites().items()
+        }
+        name = type(self.likelihood).__name__
+        mismatch = (
+            f"(outputs and targets do not match: a network with {out} output(s) against "
+            f"targets of shape {tuple(y.shape)})"
+        )
+        with torch.no_grad():
+            lp = self.likelihood.log_prob(f, y[:n], latents)
+            if tuple(lp.shape) != (1, n):
+                raise ValueError(
+                    f"y: {name}.log_prob gives shape {tuple(lp.shape)} for network outputs of "
+                    f"shape {(1, n, out)} and targets of shape {tuple(y[:n].shape)}; it must "
+                    f"give one value per target, {(1, n)} {mismatch}"
+                )
+            rows = [
+                self.likelihood.log_prob(f[:, i : i + 1], y[i : i + 1], latents) for i in range(n)
+            ]
+            if not torch.allclose(lp, torch.cat(rows, dim=1), rtol=1e-4, atol=1e-5, equal_nan=True):
+                raise ValueError(
+                    f"y: {name}.log_prob of one target depends on the other targets (outputs "
+                    f"of shape {(1, n, out)} broadcast against targets of shape "
+                    f"{tuple(y[:n].shape)}); it must give one value per target {mismatch}"
+                )
 
     def _num_data(self, num_data: int | None, batch: int) -> int:
         if num_data is None:
