@@ -38,7 +38,15 @@ __all__ = [
 
 
 class Likelihood(ABC):
-    """Base class: the observation model ``p(y | f)``."""
+    """Base class: the observation model ``p(y | f)``.
+
+    The shape contract (checked by :meth:`bayesdl.models.BNN.check_data` on every data set, and
+    by :meth:`bayesdl.Posterior.evaluate`): for outputs ``f`` ``(*batch, N, out)`` and targets
+    as :meth:`check_targets` returns them (``N`` rows), :meth:`log_prob` gives one value per
+    target, ``(*batch, N)``, each depending on its own row only (outputs ``(N, 1)`` must not
+    broadcast against targets ``(N,)``), and :meth:`summary` gives a mean with one value per
+    target. A likelihood that breaks it is refused with a ``ValueError`` naming the shapes.
+    """
 
     #: Whether targets are class labels (metrics: accuracy, ECE, Brier) or real values (RMSE).
     is_classifier: ClassVar[bool] = False
