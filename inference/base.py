@@ -4,7 +4,11 @@ A backend is a small object of settings with ``fit(bnn, x, y, *, seed, progress,
 returning a :class:`~bayesdl.Posterior`. Internally each algorithm takes one step at a time;
 :class:`Driver` owns the loop around the steps:
 
-* a progress bar (tqdm) over all stages, silenced with ``progress=False``;
+* a progress bar (tqdm) over all stages, silenced with ``progress=False``; when stderr is not
+  a terminal (a log file, a pipe, CI) the bar is compact: it is redrawn at most every
+  :data:`NON_TTY_PERCENT` percent of the steps and at most every :data:`NON_TTY_SECONDS`
+  seconds (tqdm's ``miniters``/``mininterval``), so a log gets a few dozen updates instead of
+  one carriage-return update per step;
 * callbacks, called after every step with a :class:`StepEvent`;
 * Ctrl-C: a ``KeyboardInterrupt`` (from the keyboard or raised by a callback) stops the loop,
   and the backend returns the draws made so far in a Posterior marked ``partial``;
@@ -14,6 +18,8 @@ returning a :class:`~bayesdl.Posterior`. Internally each algorithm takes one ste
 
 from __future__ import annotations
 
+import math
+import sys
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
@@ -40,6 +46,11 @@ __all__ = [
     "StepEvent",
     "finish",
 ]
+
+#: Off a terminal, the progress bar is redrawn at most once per this percentage of the steps...
+NON_TTY_PERCENT = 5
+#: ...and at most once per this many seconds (both must have passed).
+NON_TTY_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -98,6 +109,11 @@ class Driver:
         Called with a :class:`StepEvent` after every step.
     desc
         Progress bar label.
+
+    On a terminal (or in a notebook) the bar updates as tqdm does by default. Otherwise
+    (``sys.stderr`` is not a TTY) at most ``100 / NON_TTY_PERCENT`` intermediate updates are
+    written, none sooner than ``NON_TTY_SECONDS`` after the previous one, plus the opening and
+    the final line.
     """
 
     def __init__(
@@ -123,7 +139,7 @@ class Driver:
         the progress bar and its optional key ``"finite"`` (bool) feeds the NaN guard.
         """
         total = sum(n for _, n in self.stages)
-        bar = tqdm(total=total, desc=self.desc, disable=not self.progress, dynamic_ncols=True)
+        bar = tqdm(total=total, desc=self.desc, disable=not self.progress, **_bar_options(total))
         stage, i = None, None
         try:
             for stage, n in self.stages:
@@ -143,6 +159,27 @@ class Driver:
         finally:
             bar.close()
         return RunOutcome()
+
+
+def _bar_options(total: int) -> dict[str, Any]:
+    """tqdm options: tqdm's defaults on a terminal or in a notebook, compact elsewhere."""
+    stream = sys.stderr
+    isatty = getattr(stream, "isatty", None)
+    try:
+        terminal = bool(isatty()) if callable(isatty) else False
+    except (ValueError, OSError):  # a closed or detached stream
+        terminal = False
+    notebook = any(cls.__module__ == "tqdm.notebook" for cls in tqdm.__mro__)
+    if terminal or notebook:  # tqdm.auto chose the widget in a notebook: its own pace
+        return {"file": stream, "dynamic_ncols": True}
+    return {
+        "file": stream,
+        "miniters": max(1, math.ceil(total * NON_TTY_PERCENT / 100)),
+        "mininterval": NON_TTY_SECONDS,
+        # tqdm's monitor thread would otherwise reset miniters to 1 after maxinterval seconds
+        "maxinterval": float("inf"),
+        "ascii": True,
+    }
 
 
 def finish(posterior: Posterior, outcome: RunOutcome) -> Posterior:

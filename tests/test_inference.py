@@ -189,3 +189,62 @@ def test_nuts_with_hierarchical_prior_and_learned_noise():
     )
     lp = bnn.log_joint(post.theta[0], x, y)
     torch.testing.assert_close(post.sample_stats["lp"][0].float(), lp, rtol=1e-4, atol=1e-3)
+
+
+def _bar_updates(text: str) -> int:
+    """Redraws of a tqdm bar written to a file: each starts with a carriage return or newline."""
+    return sum(1 for part in text.replace("\n", "\r").split("\r") if part.strip())
+
+
+@pytest.mark.parametrize("seconds", [0.0, None])
+def test_progress_bar_is_compact_when_stderr_is_not_a_terminal(monkeypatch, seconds):
+    import io
+
+    import bayesdl.inference.base as base
+
+    stream = io.StringIO()  # not a TTY, as a log file
+    monkeypatch.setattr("sys.stderr", stream)
+    if seconds is not None:  # no time limit: only the percentage bounds the updates
+        monkeypatch.setattr(base, "NON_TTY_SECONDS", seconds)
+    # a slow run: tqdm's clock advances a second per reading (tqdm's defaults would then
+    # redraw at every step)
+    clock = iter(range(10**6))
+    monkeypatch.setattr("tqdm.std.time", lambda: float(next(clock)))
+    outcome = Driver([("warmup", 1000), ("sampling", 1000)], progress=True, desc="t").run(
+        lambda stage, i: {"postfix": {"i": i}}
+    )
+    assert outcome == RunOutcome()
+    text = stream.getvalue()
+    assert "2000/2000" in text  # the final state is written
+    # at most one redraw per NON_TTY_PERCENT percent, plus the opening and closing lines
+    assert 2 <= _bar_updates(text) <= 100 // base.NON_TTY_PERCENT + 3
+
+
+def test_progress_bar_of_a_backend_is_compact_off_a_terminal(monkeypatch):
+    import io
+
+    import bayesdl.inference.base as base
+    from bayesdl.inference import SGLD
+
+    stream = io.StringIO()
+    monkeypatch.setattr("sys.stderr", stream)
+    monkeypatch.setattr(base, "NON_TTY_SECONDS", 0.0)
+    bnn, x, y = _linear_problem()
+    SGLD(chains=2, burn_in=500, draws=100, thin=5).fit(bnn, x, y, seed=0, progress=True)
+    assert "1000/1000" in stream.getvalue()
+    assert _bar_updates(stream.getvalue()) <= 100 // base.NON_TTY_PERCENT + 3
+
+
+def test_progress_bar_keeps_tqdms_pace_on_a_terminal(monkeypatch):
+    import io
+
+    import bayesdl.inference.base as base
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr("sys.stderr", Terminal())
+    assert "miniters" not in base._bar_options(1000)
+    monkeypatch.setattr("sys.stderr", io.StringIO())
+    assert base._bar_options(1000)["miniters"] == 1000 * base.NON_TTY_PERCENT // 100
