@@ -516,7 +516,7 @@ class BNN:
         f = torch.zeros(1, n, out, dtype=self.dtype, device=self.device)
         latents = {
             site: torch.distributions.biject_to(d.support)(
-                torch.zeros(d.shape(), dtype=self.dtype, device=self.device)
+                torch.zeros(d.batch_shape + d.event_shape, dtype=self.dtype, device=self.device)
             )
             for site, d in self.likelihood.latent_sites().items()
         }
