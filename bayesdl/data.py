@@ -39,6 +39,7 @@ __all__ = [
     "Dataset",
     "data_root",
     "fashion_mnist",
+    "fashion_mnist_with_ood",
     "load",
     "mnist_test",
     "snelson",
@@ -828,3 +829,33 @@ def synthetic_images(
         y_test=y_test,
         num_classes=num_classes,
     )
+
+
+def fashion_mnist_with_ood(
+    stand_in: tuple[int, int] | None = None,
+) -> tuple[Dataset, Tensor]:
+    """Fashion-MNIST and the MNIST test images (its out-of-distribution set), or a stand-in.
+
+    Parameters
+    ----------
+    stand_in : (num_train, num_test) or None
+        ``None``: the real data, or the loaders' ``FileNotFoundError`` if it is missing. A pair:
+        where the real data is missing, :func:`synthetic_images` of that size (and
+        ``num_test`` images of another seed as the OOD set), with a printed note saying so.
+        For smoke runs of tutorials only: never a silent substitution.
+
+    Returns
+    -------
+    (Dataset, Tensor)
+        The classification set and the OOD images ``(M, 1, 28, 28)``.
+    """
+    try:
+        return fashion_mnist(), mnist_test()[0]
+    except FileNotFoundError as missing:
+        if stand_in is None:
+            raise
+        num_train, num_test = stand_in
+        print(f"smoke run: {missing}")
+        print("smoke run: using a synthetic stand-in for Fashion-MNIST/MNIST")
+        ood = synthetic_images(num_test, num_test, seed=1).x_test
+        return synthetic_images(num_train, num_test, seed=0), ood

@@ -408,3 +408,13 @@ def test_dataset_repr_and_frozen():
     assert "iris" in text and "classification" in text and str(ds.num_train) in text
     with pytest.raises(AttributeError):
         ds.name = "other"  # type: ignore[misc]
+
+
+def test_fashion_mnist_with_ood_stands_in_only_when_asked(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("BAYESDL_FASHION_MNIST", str(tmp_path))  # an empty folder: no images
+    with pytest.raises(FileNotFoundError):
+        data.fashion_mnist_with_ood()
+    train, ood = data.fashion_mnist_with_ood(stand_in=(20, 10))
+    assert train.x_train.shape == (20, 1, 28, 28) and train.x_test.shape == (10, 1, 28, 28)
+    assert ood.shape == (10, 1, 28, 28) and not torch.equal(ood, train.x_test)
+    assert "synthetic stand-in" in capsys.readouterr().out

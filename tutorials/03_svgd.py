@@ -238,16 +238,8 @@ plt.close(fig)
 # `benchmarks/RESULTS.md` and summarised at the end.
 
 # %%
-try:
-    fmnist = bayesdl.data.fashion_mnist()
-    mnist, _ = bayesdl.data.mnist_test()
-except FileNotFoundError as missing:
-    if not SMOKE:
-        raise
-    # Smoke runs only: a synthetic stand-in with the same shapes (28x28 images, 10 classes).
-    print(f"smoke run: {missing}\nsmoke run: using a synthetic stand-in for Fashion-MNIST/MNIST")
-    fmnist = bayesdl.data.synthetic_images(300, 100, seed=0)
-    mnist = bayesdl.data.synthetic_images(100, 100, seed=1).x_test
+# Smoke runs only: a synthetic stand-in with the same shapes where the images are missing.
+fmnist, mnist = bayesdl.data.fashion_mnist_with_ood(stand_in=(300, 100) if SMOKE else None)
 if SMOKE:
     fmnist = fmnist.subsample(n_train=300, n_test=100, seed=0)
     mnist = mnist[:100]

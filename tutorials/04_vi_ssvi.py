@@ -66,16 +66,8 @@ DENSITIES = (0.5, 0.1) if SMOKE else (0.5, 0.2, 0.1, 0.05)
 # be less certain on them.
 
 # %%
-try:
-    fashion = bayesdl.data.fashion_mnist()
-    mnist_x, _ = bayesdl.data.mnist_test()
-except FileNotFoundError as missing:
-    if not SMOKE:
-        raise
-    # Smoke runs only: a synthetic stand-in with the same shapes (28x28 images, 10 classes).
-    print(f"smoke run: {missing}\nsmoke run: using a synthetic stand-in for Fashion-MNIST/MNIST")
-    fashion = bayesdl.data.synthetic_images(512, 128, seed=0)
-    mnist_x = bayesdl.data.synthetic_images(128, 128, seed=1).x_test
+# Smoke runs only: a synthetic stand-in with the same shapes where the images are missing.
+fashion, mnist_x = bayesdl.data.fashion_mnist_with_ood(stand_in=(512, 128) if SMOKE else None)
 if SMOKE:
     fashion = fashion.subsample(n_train=512, n_test=128, seed=0)
     mnist_x = mnist_x[:128]
