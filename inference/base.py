@@ -30,7 +30,9 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from bayesdl import inputs
 from bayesdl._checks import check_count
+from bayesdl.inputs import Inputs
 
 if TYPE_CHECKING:  # pragma: no cover
     from bayesdl import Posterior
@@ -212,16 +214,17 @@ class Minibatches:
     Parameters
     ----------
     x, y
-        Checked data (``BNN.check_data``).
+        Checked data (``BNN.check_data``); ``x`` may be a tuple or dict of tensors
+        (:mod:`bayesdl.inputs`), whose parts are sliced together.
     batch_size
         Examples per minibatch, or ``None`` for full batches.
     seed
         Seed of the permutations (a private generator: the global RNG is untouched).
     """
 
-    def __init__(self, x: Tensor, y: Tensor, batch_size: int | None, seed: int | None) -> None:
+    def __init__(self, x: Inputs, y: Tensor, batch_size: int | None, seed: int | None) -> None:
         self.x, self.y = x, y
-        self.num_data = x.shape[0]
+        self.num_data = inputs.num_rows(x)
         if batch_size is None or check_count("batch_size", batch_size) >= self.num_data:
             self.batch_size = self.num_data
         else:
@@ -241,15 +244,16 @@ class Minibatches:
     def __iter__(self) -> Minibatches:
         return self
 
-    def __next__(self) -> tuple[Tensor, Tensor]:
+    def __next__(self) -> tuple[Inputs, Tensor]:
         if self.full_batch:
             return self.x, self.y
         if self._order is None or self._position + self.batch_size > self.num_data:
             self._order = torch.randperm(self.num_data, generator=self._generator)
             self._position = 0
-        index = self._order[self._position : self._position + self.batch_size].to(self.x.device)
+        index = self._order[self._position : self._position + self.batch_size]
+        index = index.to(inputs.device_of(self.x))
         self._position += self.batch_size
-        return self.x[index], self.y[index]
+        return inputs.take_rows(self.x, index), self.y[index]
 
 
 class Backend(ABC):
