@@ -23,6 +23,9 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import biject_to, constraints
 
+from bayesdl import inputs
+from bayesdl.inputs import Inputs
+
 __all__ = ["FlatLayout", "SiteSpec", "batched_forward", "call_with_parameters"]
 
 
@@ -166,7 +169,7 @@ class FlatLayout:
 def batched_forward(
     module: nn.Module,
     params: Mapping[str, Tensor],
-    x: Tensor,
+    x: Inputs,
     fixed: Mapping[str, Tensor] | None = None,
 ) -> Tensor:
     """Run ``module(x)`` for ``P`` parameter sets at once.
@@ -178,7 +181,8 @@ def batched_forward(
     params
         ``{name: (P, *shape)}`` batched parameter values.
     x
-        Inputs shared by all ``P`` parameter sets, shape ``(N, ...)``.
+        Inputs shared by all ``P`` parameter sets: a tensor ``(N, ...)``, or a tuple or dict
+        of tensors passed as ``module(*x)`` or ``module(**x)`` (:mod:`bayesdl.inputs`).
     fixed
         Parameters and buffers shared by all ``P`` (not batched).
 
@@ -190,22 +194,26 @@ def batched_forward(
     fixed = dict(fixed or {})
 
     def one(p: Mapping[str, Tensor]) -> Tensor:
-        return torch.func.functional_call(module, {**fixed, **p}, (x,))
+        return call_with_parameters(module, {**fixed, **p}, x)
 
     return torch.func.vmap(one)(dict(params))
 
 
-def call_with_parameters(module: nn.Module, params: Mapping[str, Tensor], x: Tensor) -> Tensor:
+def call_with_parameters(module: nn.Module, params: Mapping[str, Tensor], x: Inputs) -> Tensor:
     """``module(x)`` with the tensors in ``params`` in place of the named parameters/buffers.
 
-    :func:`torch.func.functional_call`, except under a TorchScript trace (Pyro's
-    ``jit_compile``), which ``functional_call`` refuses: there the tensors are swapped into the
-    module for the duration of the call and the originals put back after.
+    ``x`` is a tensor, or a tuple or dict of tensors passed as ``module(*x)`` or
+    ``module(**x)``. :func:`torch.func.functional_call`, except under a TorchScript trace
+    (Pyro's ``jit_compile``), which ``functional_call`` refuses: there the tensors are swapped
+    into the module for the duration of the call and the originals put back after.
     """
     if not torch.jit.is_tracing():
-        return torch.func.functional_call(module, dict(params), (x,))
+        return inputs.call(
+            lambda *args, **kwargs: torch.func.functional_call(module, dict(params), args, kwargs),
+            x,
+        )
     with _swapped(module, params):
-        return module(x)
+        return inputs.call(module, x)
 
 
 @contextlib.contextmanager

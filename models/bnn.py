@@ -27,14 +27,16 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import fnmatch
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import pyro
 import pyro.distributions as dist
 import torch
 from pyro import poutine
+from pyro.nn import PyroModule
 from torch import Tensor, nn
 from torch.distributions import biject_to
 from torch.distributions.transforms import (
@@ -44,9 +46,11 @@ from torch.distributions.transforms import (
     Transform,
 )
 
+from bayesdl import inputs
 from bayesdl._checks import as_tensor, check_count, check_finite, check_positive
 from bayesdl._seeding import child_seeds, seeded
 from bayesdl.functional import FlatLayout, SiteSpec, batched_forward, call_with_parameters
+from bayesdl.inputs import Inputs
 from bayesdl.likelihoods import Likelihood
 from bayesdl.priors.base import Prior, PriorLike, select
 
@@ -143,8 +147,11 @@ class BNN:
     Parameters
     ----------
     net
-        Any ``torch.nn.Module`` mapping inputs ``(N, ...)`` to outputs ``(N, out)`` or ``(N,)``.
-        Its current parameter values are the starting point only for parameters kept fixed.
+        Any plain ``torch.nn.Module`` mapping inputs ``(N, ...)`` to outputs ``(N, out)`` or
+        ``(N,)``; its ``forward`` may take several tensors, given as a tuple or dict ``x``
+        (:mod:`bayesdl.inputs`). Its current parameter values are the values of the parameters
+        kept fixed. A ``PyroModule`` (with ``PyroSample`` attributes) is refused: the priors
+        come from ``prior``. See *The network's mode* below for Dropout and BatchNorm.
     prior
         A :class:`~bayesdl.priors.Prior` for every parameter, a dict ``{name pattern: prior}``
         or a :class:`~bayesdl.priors.Select` rule (``None`` keeps a parameter fixed).
@@ -155,6 +162,25 @@ class BNN:
     tempering
         ``"posterior"`` tempers prior and likelihood, ``p(theta | D)^(1/T)``; ``"likelihood"``
         tempers only the likelihood, ``p(D | theta)^(1/T) p(theta)``.
+    deterministic
+        Parameters kept fixed at their current values (not sample sites, not in ``theta``),
+        whatever the prior says, as TyXe's ``hide_module_types``: module types (every
+        parameter of their instances, ``nn.BatchNorm1d``) and name patterns (an
+        :func:`fnmatch.fnmatch` glob on a parameter's name or on the name of a module holding
+        it: ``"encoder"``, ``"encoder.*"``, ``"*.bias"``). An entry that matches no parameter
+        is an error.
+
+    Notes
+    -----
+    **The network's mode.** A BNN's network is a deterministic function of its parameters:
+    ``BNN(...)`` puts ``net`` in eval mode (``net.eval()``) and every forward pass runs in it,
+    so Dropout is off (the posterior over weights is the uncertainty, not dropout masks) and
+    BatchNorm normalises with its running statistics, which are buffers held fixed. Those
+    statistics must be fitted before ``BNN(...)`` (run the network in train mode over the data,
+    a MAP warm-up, then build the BNN): a BatchNorm whose statistics were never updated, or
+    that keeps none (``track_running_stats=False``), is refused with an error naming it. Its
+    affine weight and bias are sample sites unless listed in ``deterministic``. Calling
+    ``net.train()`` afterwards makes the next fit or prediction raise until ``net.eval()``.
 
     Attributes
     ----------
@@ -170,9 +196,13 @@ class BNN:
         likelihood: Likelihood,
         temperature: float = 1.0,
         tempering: str = "posterior",
+        deterministic: Sequence[type[nn.Module] | str] = (),
     ) -> None:
         if not isinstance(net, nn.Module):
             raise TypeError(f"net: expected a torch.nn.Module, got {type(net).__name__}")
+        _check_plain_torch(net)
+        _check_batch_norms(net)
+        kept = _deterministic_parameters(net, deterministic)
         if not isinstance(likelihood, Likelihood):
             raise TypeError(
                 f"likelihood: expected a bayesdl Likelihood, got {type(likelihood).__name__}"
@@ -191,7 +221,7 @@ class BNN:
         specs: list[SiteSpec] = []
         for name, param in net.named_parameters():
             owner = name.rsplit(".", 1)[0] if "." in name else ""
-            chosen = self.prior(name, param, modules[owner])
+            chosen = None if name in kept else self.prior(name, param, modules[owner])
             if chosen is None:
                 fixed.append(name)
                 continue
@@ -211,10 +241,13 @@ class BNN:
             specs.append(_latent_spec(site, d, "the likelihood"))
         if not weights:
             raise ValueError(
-                "prior: every parameter is fixed; a BNN needs at least one sample site"
+                "prior: every parameter is fixed (by the prior or deterministic=); a BNN needs "
+                "at least one sample site"
             )
         self._weights = tuple(weights)
         self._fixed_names = tuple(fixed)
+        self.deterministic = tuple(deterministic)
+        net.eval()
         self._buffer_names = tuple(n for n, _ in net.named_buffers())
         self.layout = FlatLayout(specs)
         self._out_features: dict[tuple[int, ...], int] = {}
@@ -444,46 +477,51 @@ class BNN:
         return {s: values[s] for s in self.likelihood.latent_sites()}
 
     # ------------------------------------------------------------------ data checks
-    def out_features(self, x: Tensor) -> int:
+    def out_features(self, x: Inputs) -> int:
         """Output width of the network for inputs like ``x`` (raises ``ValueError`` naming x)."""
-        key = tuple(int(s) for s in x.shape[1:])
+        key = inputs.row_shapes(x)
         if key not in self._out_features:
             detached = {n: p.detach() for n, p in self.net.named_parameters()}
             try:
                 with torch.no_grad():
-                    out = torch.func.functional_call(self.net, detached, (x[:1],))
-            except (RuntimeError, ValueError, IndexError) as err:
+                    out = call_with_parameters(self.net, detached, inputs.take_rows(x, slice(0, 1)))
+            except (RuntimeError, ValueError, IndexError, TypeError) as err:
                 raise ValueError(
-                    f"x: the network cannot take inputs of shape {tuple(x.shape)} "
-                    f"(per-example shape {key}): {err}"
+                    f"x: the network cannot take inputs with per-example shapes {dict(key)}: "
+                    f"{err}{_integer_hint(x)}"
                 ) from err
-            if out.dim() not in (1, 2):
-                raise ValueError(
-                    f"net: outputs must have shape (N, out) or (N,), got {tuple(out.shape)}"
-                )
+            if not isinstance(out, Tensor) or out.dim() not in (1, 2):
+                shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+                raise ValueError(f"net: outputs must have shape (N, out) or (N,), got {shape}")
             width = 1 if out.dim() == 1 else out.shape[1]
             self.likelihood.check_outputs(width)
             self._out_features[key] = width
         return self._out_features[key]
 
-    def check_inputs(self, x: object) -> Tensor:
-        """Validate inputs and return them as a tensor of the network's dtype and device."""
-        x = as_tensor("x", x)
-        if not (x.is_floating_point() or x.dtype in (torch.int32, torch.int64, torch.uint8)):
-            raise TypeError(f"x: expected real-valued inputs, got dtype {x.dtype}")
-        if x.dim() < 2:
-            raise ValueError(
-                f"x: expected shape (N, ...) with one row per example, got {tuple(x.shape)}; "
-                "for one feature use x[:, None]"
-            )
-        if x.shape[0] == 0:
-            raise ValueError("x: is empty")
-        x = x.to(dtype=self.dtype, device=self.device)
-        check_finite("x", x)
+    def check_inputs(self, x: object) -> Inputs:
+        """Validate inputs and return them on the network's device, ready for the network.
+
+        ``x`` is a tensor or array-like ``(N, ...)`` (a pandas ``DataFrame`` too), or a tuple
+        or dict of them passed to the network as ``forward(*x)`` or ``forward(**x)``
+        (:mod:`bayesdl.inputs`). Floating inputs are cast to the network's dtype; integer
+        inputs (indices for ``nn.Embedding``) keep their dtype.
+        """
+        self._check_eval_mode()
+        x = inputs.check_inputs(x, self.dtype, self.device)
         self.out_features(x)
         return x
 
-    def check_data(self, x: object, y: object) -> tuple[Tensor, Tensor]:
+    def _check_eval_mode(self) -> None:
+        """The network must still be in eval mode (``BNN(...)`` put it there)."""
+        training = [name or "the network" for name, m in self.net.named_modules() if m.training]
+        if training:
+            raise ValueError(
+                f"net: module {training[0]!r} is in train mode (net.train() was called after "
+                "BNN(...)); a BNN evaluates its network in eval mode (Dropout off, BatchNorm "
+                "with its running statistics): call bnn.net.eval()"
+            )
+
+    def check_data(self, x: object, y: object) -> tuple[Inputs, Tensor]:
         """Validate inputs and targets before any work; returns them ready for the model.
 
         Raises
@@ -494,9 +532,10 @@ class BNN:
         """
         x = self.check_inputs(x)
         y = as_tensor("y", y)
-        if y.dim() == 0 or y.shape[0] != x.shape[0]:
+        n = inputs.num_rows(x)
+        if y.dim() == 0 or y.shape[0] != n:
             raise ValueError(
-                f"y: has {y.shape[0] if y.dim() else 0} rows but x has {x.shape[0]}; "
+                f"y: has {y.shape[0] if y.dim() else 0} rows but x has {n}; "
                 "they must have the same length"
             )
         if y.is_floating_point():
@@ -507,11 +546,11 @@ class BNN:
         self._check_likelihood_shapes(x, y)
         return x, y
 
-    def _check_likelihood_shapes(self, x: Tensor, y: Tensor) -> None:
+    def _check_likelihood_shapes(self, x: Inputs, y: Tensor) -> None:
         """The likelihood's shape contract on two rows: outputs ``(P, n, out)`` against targets
         ``y[:n]`` give one log-density per target, ``(P, n)``; a custom likelihood (or net)
         whose outputs would broadcast against the targets is refused here, before any work."""
-        n = min(2, x.shape[0])
+        n = min(2, inputs.num_rows(x))
         out = self.out_features(x)
         f = torch.zeros(1, n, out, dtype=self.dtype, device=self.device)
         latents = {
@@ -552,7 +591,7 @@ class BNN:
         return num_data
 
     # ------------------------------------------------------------------ the Pyro model
-    def model(self, x: Tensor, y: Tensor | None = None, num_data: int | None = None) -> Tensor:
+    def model(self, x: Inputs, y: Tensor | None = None, num_data: int | None = None) -> Tensor:
         """The BNN as a Pyro model.
 
         Samples every site from its prior, evaluates the network, records the outputs as the
@@ -568,7 +607,8 @@ class BNN:
             x = self.check_inputs(x)
         else:
             x, y = self.check_data(x, y)
-        num_data = self._num_data(num_data, x.shape[0])
+        n = inputs.num_rows(x)
+        num_data = self._num_data(num_data, n)
         prior_scale = 1.0 / self.temperature if self.tempering == "posterior" else 1.0
         lik_scale = 1.0 / self.temperature if self.tempering == "likelihood" else 1.0
         with poutine.scale(scale=prior_scale):
@@ -577,7 +617,7 @@ class BNN:
             f = call_with_parameters(self.net, {**self._fixed(), **params}, x)
             f = f[:, None] if f.dim() == 1 else f
             pyro.deterministic("f", f)
-            subsample = torch.arange(x.shape[0], device=x.device)
+            subsample = torch.arange(n, device=inputs.device_of(x))
             with pyro.plate("data", num_data, subsample=subsample), poutine.scale(scale=lik_scale):
                 pyro.sample(
                     "y", self.likelihood.predictive(f, self._likelihood_latents(values)), obs=y
@@ -585,13 +625,13 @@ class BNN:
         return f
 
     # ------------------------------------------------------------------ the functional view
-    def forward(self, theta: Tensor, x: Tensor) -> Tensor:
+    def forward(self, theta: Tensor, x: Inputs) -> Tensor:
         """Network outputs for every row of ``theta``: ``(P, D)`` -> ``(P, N, out)``."""
         x = self.check_inputs(x)
         self._check_theta(theta)
         return self._forward(self.unravel(theta), x)
 
-    def _forward(self, values: Mapping[str, Tensor], x: Tensor) -> Tensor:
+    def _forward(self, values: Mapping[str, Tensor], x: Inputs) -> Tensor:
         params = {w.name: values[w.name] for w in self._weights}
         f = batched_forward(self.net, params, x, self._fixed())
         return f[..., None] if f.dim() == 2 else f
@@ -641,19 +681,20 @@ class BNN:
         return total
 
     def log_likelihood(
-        self, theta: Tensor, x: Tensor, y: Tensor, num_data: int | None = None
+        self, theta: Tensor, x: Inputs, y: Tensor, num_data: int | None = None
     ) -> Tensor:
         """Untempered minibatch log-likelihood scaled by ``num_data / N``, ``(P,)``."""
         x, y = self.check_data(x, y)
         self._check_theta(theta)
-        scale = self._num_data(num_data, x.shape[0]) / x.shape[0]
+        n = inputs.num_rows(x)
+        scale = self._num_data(num_data, n) / n
         with pyro.validation_enabled(False):
             values = self.unravel(theta)
             f = self._forward(values, x)
             return self.likelihood.log_prob(f, y, self._likelihood_latents(values)).sum(-1) * scale
 
     def log_joint_fn(
-        self, x: Tensor, y: Tensor, num_data: int | None = None, *, validate: bool = True
+        self, x: Inputs, y: Tensor, num_data: int | None = None, *, validate: bool = True
     ) -> Callable[[Tensor], Tensor]:
         """Check the data once and return ``theta (P, D) -> log_joint (P,)`` for samplers.
 
@@ -673,7 +714,8 @@ class BNN:
         """
         if validate:
             x, y = self.check_data(x, y)
-        lik_scale = self._num_data(num_data, x.shape[0]) / x.shape[0]
+        n = inputs.num_rows(x)
+        lik_scale = self._num_data(num_data, n) / n
         temperature = self.temperature
         posterior_tempering = self.tempering == "posterior"
 
@@ -691,7 +733,7 @@ class BNN:
 
         return log_joint
 
-    def log_joint(self, theta: Tensor, x: Tensor, y: Tensor, num_data: int | None = None) -> Tensor:
+    def log_joint(self, theta: Tensor, x: Inputs, y: Tensor, num_data: int | None = None) -> Tensor:
         """Log joint density of unconstrained ``theta`` ``(P, D)`` -> ``(P,)``, tempered.
 
         Equals the log joint of a Pyro trace of :meth:`model` at the constrained values plus the
@@ -784,6 +826,102 @@ class BNN:
             f"likelihood={self.likelihood!r}, temperature={self.temperature}, "
             f"tempering={self.tempering!r})"
         )
+
+
+def _check_plain_torch(net: nn.Module) -> None:
+    """Refuse Pyro modules: their ``PyroSample`` attributes are not parameters a BNN sees."""
+    for name, module in net.named_modules():
+        if isinstance(module, PyroModule):
+            raise TypeError(
+                f"net: module {name or '(the network)'!r} is a Pyro {type(module).__name__}; "
+                "a BNN takes a plain torch.nn.Module and puts the priors on it itself: build "
+                "the network from torch.nn layers and give the priors with prior= "
+                "(bayesdl.priors)"
+            )
+
+
+def _check_batch_norms(net: nn.Module) -> None:
+    """BatchNorm runs on its running statistics (eval mode): they must exist and be fitted."""
+    for name, module in net.named_modules():
+        if not isinstance(module, nn.modules.batchnorm._BatchNorm):
+            continue
+        label = f"net: BatchNorm module {name!r} ({type(module).__name__})"
+        fixes = (
+            "remove it, use nn.LayerNorm, or fit its running statistics before BNN(...) (run "
+            "the network in train mode over the data, e.g. a MAP warm-up; "
+            f"deterministic=[nn.{type(module).__name__}] then keeps its affine parameters "
+            "fixed too)"
+        )
+        if not module.track_running_stats or module.num_batches_tracked is None:
+            raise ValueError(
+                f"{label} has no running statistics (track_running_stats=False), so each "
+                f"prediction would depend on the other examples in its batch; {fixes}"
+            )
+        if int(module.num_batches_tracked) == 0:
+            raise ValueError(
+                f"{label} has running statistics that were never updated (num_batches_tracked "
+                f"is 0), so it would normalise with mean 0 and variance 1; {fixes}"
+            )
+
+
+def _deterministic_parameters(
+    net: nn.Module, deterministic: Sequence[type[nn.Module] | str]
+) -> frozenset[str]:
+    """Names of the parameters that ``deterministic`` keeps fixed.
+
+    A module type keeps every parameter of its instances (and their submodules); a string is
+    an :func:`fnmatch.fnmatch` glob, as in :class:`~bayesdl.priors.Select`, on a parameter's
+    full name or on the name of a module holding it (``"encoder"``, ``"encoder.*"``,
+    ``"*.bias"``). Each entry must match at least one parameter.
+    """
+    if isinstance(deterministic, (str, type)) or not isinstance(deterministic, Sequence):
+        raise TypeError(
+            "deterministic: expected a list of module types and name patterns, got "
+            f"{deterministic!r}; wrap a single one in a list"
+        )
+    kept: set[str] = set()
+    for entry in deterministic:
+        matched = _matching_parameters(net, entry)
+        if not matched:
+            raise ValueError(
+                f"deterministic: {entry!r} matches no parameter of the network; check the "
+                "name pattern against net.named_parameters() or the module type"
+            )
+        kept |= matched
+    return frozenset(kept)
+
+
+def _matching_parameters(net: nn.Module, entry: type[nn.Module] | str) -> set[str]:
+    """The parameters one entry of ``deterministic`` matches."""
+    if isinstance(entry, type) and issubclass(entry, nn.Module):
+        return {
+            f"{name}.{p}" if name else p
+            for name, module in net.named_modules()
+            if isinstance(module, entry)
+            for p, _ in module.named_parameters()
+        }
+    if not isinstance(entry, str):
+        raise TypeError(
+            "deterministic: entries must be torch.nn.Module subclasses or name patterns, got "
+            f"{entry!r}"
+        )
+    matched = set()
+    for name, _ in net.named_parameters():
+        pieces = name.split(".")
+        holders = [".".join(pieces[:i]) for i in range(1, len(pieces) + 1)]
+        if any(fnmatch.fnmatchcase(holder, entry) for holder in holders):
+            matched.add(name)
+    return matched
+
+
+def _integer_hint(x: Inputs) -> str:
+    """A hint for a network that failed on integer inputs, which are passed unconverted."""
+    if any(not part.is_floating_point() for part in inputs.parts(x).values()):
+        return (
+            "; integer inputs are passed to the network as integers (for nn.Embedding): "
+            "if they are numeric features, convert them to float"
+        )
+    return ""
 
 
 def _template(param: Tensor) -> Tensor:
