@@ -51,14 +51,18 @@ def is_structured(x: object) -> bool:
     return isinstance(x, (tuple, Mapping))
 
 
-def parts(x: Inputs, name: str = "x") -> dict[str, Tensor]:
-    """The tensors of ``x`` labelled for messages: ``{"x": x}``, ``{"x[0]": ...}`` or
-    ``{"x['a']": ...}``."""
+def parts(x: Inputs, name: str = "x", *, variables: bool = False) -> dict[str, Tensor]:
+    """The tensors of ``x`` labelled for messages, ``{"x": x}``, ``{"x[0]": ...}`` or
+    ``{"x['a']": ...}``; with ``variables=True`` as variable names, ``x_0`` or ``x_a``."""
     if isinstance(x, tuple):
-        return {f"{name}[{i}]": part for i, part in enumerate(x)}
-    if isinstance(x, Mapping):
-        return {f"{name}[{key!r}]": part for key, part in x.items()}
-    return {name: x}
+        keys: Mapping[Any, Tensor] = dict(enumerate(x))
+    elif isinstance(x, Mapping):
+        keys = x
+    else:
+        return {name: x}
+    if variables:
+        return {f"{name}_{key}": part for key, part in keys.items()}
+    return {f"{name}[{key!r}]": part for key, part in keys.items()}
 
 
 def map_parts(fn: Callable[[Tensor], Tensor], x: Inputs) -> Inputs:

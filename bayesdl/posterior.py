@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from . import inputs
 from ._seeding import seeded
 from .arviz_bridge import from_groups
 from .diagnostics import (
@@ -32,6 +33,7 @@ from .diagnostics import (
     ood_auroc,
     rmse,
 )
+from .inputs import Inputs
 from .likelihoods import Likelihood
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -317,7 +319,7 @@ class Posterior:
         """
         bnn = self._require_bnn("predict")
         x = bnn.check_inputs(x)
-        chunk = chunk_size or max(1, _MAX_ELEMENTS // (x.shape[0] * bnn.out_features(x)))
+        chunk = chunk_size or max(1, _MAX_ELEMENTS // (inputs.num_rows(x) * bnn.out_features(x)))
         f = torch.cat([f for f, _ in self._output_chunks(x, chunk)])
         samples = f.reshape(self.num_chains, self.num_draws, *f.shape[1:])
         return Predictive(
@@ -406,9 +408,10 @@ class Posterior:
                     "diagnostics.ood_auroc(pred_in.std, pred_out.std)"
                 )
             ood_x = _check_named_inputs(bnn, ood_x, "ood_x")
-            if ood_x.shape[1:] != x.shape[1:]:
+            if inputs.row_shapes(ood_x) != inputs.row_shapes(x):
                 raise ValueError(
-                    f"ood_x: rows of shape {tuple(ood_x.shape[1:])}, x has {tuple(x.shape[1:])}"
+                    f"ood_x: rows of shape {dict(inputs.row_shapes(ood_x))}, x has "
+                    f"{dict(inputs.row_shapes(x))}"
                 )
         pred = self.predict(x, chunk_size=chunk_size)
         nll = -float(pred.log_prob(y).mean())
@@ -447,7 +450,7 @@ class Posterior:
         stats_in = pred.member_statistics(chunk_size)
         stats_out = MemberStatistics()
         out = self.bnn.out_features(ood_x)
-        chunk = _stats_chunk(chunk_size, ood_x.shape[0], out)
+        chunk = _stats_chunk(chunk_size, inputs.num_rows(ood_x), out)
         for f, latents in self._output_chunks(ood_x, chunk):
             stats_out.update(*_member_class_probs(self.bnn.likelihood, f, latents))
         scores_in, scores_out = stats_in.ood_scores(), stats_out.ood_scores()
@@ -505,10 +508,9 @@ class Posterior:
             pred = self.predict(x)
             y_pred = _squeeze_out(pred.sample(seed), bnn)
             groups["posterior_predictive"] = {"y": _np(y_pred)}
-            groups["constant_data"] = {"x": _np(x)}
-            coords["obs"] = np.arange(x.shape[0])
+            coords["obs"] = np.arange(inputs.num_rows(x))
             dims["y"] = ["obs", *_extra_dims("y", y_pred.shape[3:], coords)]
-            dims["x"] = ["obs", *_extra_dims("x", x.shape[1:], coords)]
+            groups["constant_data"] = _constant_data(x, coords, dims)
             if y is not None:
                 y = bnn.check_data(x, y)[1]
                 groups["log_likelihood"] = {"y": _np(pred.log_likelihood(y))}
@@ -582,17 +584,29 @@ class Posterior:
         )
 
 
-def _check_named_inputs(bnn: BNN, x: object, name: str) -> Tensor:
-    """``bnn.check_inputs`` for an argument not called ``x``: its errors name ``name``."""
+def _check_named_inputs(bnn: BNN, x: object, name: str) -> Inputs:
+    """``bnn.check_inputs`` for an argument not called ``x``: its errors name ``name`` (or its
+    part, ``name[0]``)."""
     try:
         return bnn.check_inputs(x)
     except (TypeError, ValueError) as err:
         message = str(err)
-        if message.startswith("x:"):
-            message = f"{name}:{message[2:]}"
+        if message.startswith(("x:", "x[")):
+            message = f"{name}{message[1:]}"
         elif not message.startswith(f"{name}:"):
             message = f"{name}: {message}"
         raise type(err)(message) from None
+
+
+def _constant_data(
+    x: Inputs, coords: dict[str, Any], dims: dict[str, list[str]]
+) -> dict[str, np.ndarray]:
+    """The inputs as ArviZ ``constant_data``: ``x``, or one variable per part of a tuple or
+    dict (``x_0``, ``x_1``; ``x_tokens``), each with dimensions ``(obs, ...)``."""
+    named = inputs.parts(x, variables=True)
+    for name, part in named.items():
+        dims[name] = ["obs", *_extra_dims(name, part.shape[1:], coords)]
+    return {name: _np(part) for name, part in named.items()}
 
 
 def _np(value: Tensor) -> np.ndarray:
