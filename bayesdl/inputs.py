@@ -159,8 +159,8 @@ def require_tensor(x: Inputs, what: str, name: str = "x") -> Tensor:
     if is_structured(x):
         raise TypeError(
             f"{name}: {what} needs inputs as one tensor (N, ...), got a "
-            f"{type(x).__name__} of {len(x)} parts; use another backend, or a network "
-            "that takes one tensor"
+            f"{type(x).__name__} of {len(x)} parts; use a backend that takes them (NUTS, HMC, "
+            "SGHMC, SGLD) or a network that takes one tensor"
         )
     return x  # type: ignore[return-value]
 

@@ -70,6 +70,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from bayesdl import inputs
 from bayesdl._checks import check_count, check_positive
 from bayesdl._seeding import child_seeds
 from bayesdl.likelihoods import Categorical
@@ -482,6 +483,7 @@ class SVGD(Backend):
         if not isinstance(bnn, BNN):
             raise TypeError(f"bnn: expected a bayesdl BNN, got {type(bnn).__name__}")
         x, y = bnn.check_data(x, y)
+        inputs.require_tensor(x, "SVGD")
         function_score = isinstance(self.kernel, Kernel) and self.kernel.space == "function"
         if function_score and bnn.likelihood.latent_sites():
             raise ValueError(

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from bayesdl import inputs
 from bayesdl._checks import check_count, check_positive
 from bayesdl._seeding import child_seeds, seeded
 from bayesdl.posterior import Posterior
@@ -260,6 +261,7 @@ class VI(Backend):
             partial after Ctrl-C (the draws then come from the guide as it was).
         """
         x, y = bnn.check_data(x, y)
+        inputs.require_tensor(x, type(self).__name__)
         num_data = _check_num_data(num_data, x.shape[0])
         self._check_model(bnn)
         seeds = child_seeds(seed, 5)
