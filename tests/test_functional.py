@@ -71,6 +71,30 @@ def test_batched_forward_equals_a_loop():
         torch.testing.assert_close(out[p], expected)
 
 
+class _Gate(torch.nn.Module):
+    """``forward(a, gate)``: a linear map of ``a`` scaled by ``gate``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(3, 2)
+
+    def forward(self, a: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+        return self.linear(a) * gate
+
+
+def test_batched_forward_passes_tuple_and_dict_inputs_as_arguments():
+    torch.manual_seed(0)
+    net = _Gate()
+    a, gate = torch.randn(5, 3), torch.randn(5, 1)
+    params = {n: torch.randn(4, *p.shape) for n, p in net.named_parameters()}
+    out = batched_forward(net, params, (a, gate))
+    assert out.shape == (4, 5, 2)
+    torch.testing.assert_close(batched_forward(net, params, {"gate": gate, "a": a}), out)
+    for p in range(4):
+        weight, bias = params["linear.weight"][p], params["linear.bias"][p]
+        torch.testing.assert_close(out[p], (a @ weight.T + bias) * gate)
+
+
 @pytest.mark.filterwarnings("ignore:`torch.jit.trace` is deprecated:DeprecationWarning")
 def test_call_with_parameters_under_a_trace_restores_the_module():
     net = torch.nn.Linear(2, 1)
