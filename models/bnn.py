@@ -633,7 +633,16 @@ class BNN:
 
     def _forward(self, values: Mapping[str, Tensor], x: Inputs) -> Tensor:
         params = {w.name: values[w.name] for w in self._weights}
-        f = batched_forward(self.net, params, x, self._fixed())
+        try:
+            f = batched_forward(self.net, params, x, self._fixed())
+        except RuntimeError as err:
+            if "randomness" not in str(err):
+                raise
+            raise ValueError(
+                "net: the network draws random numbers in its forward pass even in eval mode "
+                "(F.dropout(..., training=True), torch.randn...); a BNN needs a deterministic "
+                "network: use nn.Dropout (off in eval mode) or remove the randomness"
+            ) from err
         return f[..., None] if f.dim() == 2 else f
 
     def _check_theta(self, theta: Tensor) -> None:

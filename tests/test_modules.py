@@ -88,6 +88,23 @@ def test_train_mode_after_construction_is_an_error_naming_the_fix():
     assert bnn.check_inputs(torch.randn(4, 3)).shape == (4, 3)
 
 
+class AlwaysDropout(nn.Module):
+    """Dropout that ignores the module's mode."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(nn.functional.dropout(x, 0.5, training=True))
+
+
+def test_randomness_in_eval_mode_is_an_error_naming_the_fix():
+    bnn = _bnn(AlwaysDropout())
+    with pytest.raises(ValueError, match=r"net: the network draws random numbers.*nn\.Dropout"):
+        bnn.forward(bnn.init_theta(2, seed=0), torch.randn(4, 3))
+
+
 # ---------------------------------------------------------------------- BatchNorm
 def test_batch_norm_with_statistics_never_updated_is_refused_naming_module_and_fix():
     net = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 1))
@@ -222,6 +239,8 @@ def test_structured_inputs_are_checked_part_by_part():
         bnn.check_inputs({"a": a, "c": object()})
     with pytest.raises(TypeError, match=r"x: dict keys must be argument names"):
         bnn.check_inputs({0: a})
+    with pytest.raises(ValueError, match=r"x: the network cannot take .*missing 1 required"):
+        bnn.check_inputs(a)
     with pytest.raises(ValueError, match=r"y: has 12 rows but x has 5"):
         bnn.check_data((a[:5], c[:5]), torch.randn(12, 2))
 
