@@ -9,7 +9,8 @@ returning a :class:`~bayesdl.Posterior`. Internally each algorithm takes one ste
   :data:`NON_TTY_PERCENT` percent of the steps and at most every :data:`NON_TTY_SECONDS`
   seconds (tqdm's ``miniters``/``mininterval``), so a log gets a few dozen updates instead of
   one carriage-return update per step;
-* callbacks, called after every step with a :class:`StepEvent`;
+* callbacks, called after every step with a :class:`StepEvent` (``callbacks=`` takes a list of
+  callables or a single one, :func:`as_callbacks`);
 * Ctrl-C: a ``KeyboardInterrupt`` (from the keyboard or raised by a callback) stops the loop,
   and the backend returns the draws made so far in a Posterior marked ``partial``;
 * a NaN guard: a step whose info reports ``finite=False`` stops the loop; the backend then
@@ -46,6 +47,7 @@ __all__ = [
     "NonFiniteError",
     "RunOutcome",
     "StepEvent",
+    "as_callbacks",
     "finish",
 ]
 
@@ -108,7 +110,8 @@ class Driver:
     progress
         Show a tqdm progress bar.
     callbacks
-        Called with a :class:`StepEvent` after every step.
+        Called with a :class:`StepEvent` after every step: a list (or tuple) of callables, or
+        one callable (see :func:`as_callbacks`).
     desc
         Progress bar label.
 
@@ -123,15 +126,12 @@ class Driver:
         stages: Sequence[tuple[str, int]],
         *,
         progress: bool = True,
-        callbacks: Sequence[Callback] = (),
+        callbacks: Callback | Sequence[Callback] = (),
         desc: str = "",
     ) -> None:
-        for cb in callbacks:
-            if not callable(cb):
-                raise TypeError(f"callbacks: expected callables, got {type(cb).__name__}")
         self.stages = [(name, int(n)) for name, n in stages]
         self.progress = progress
-        self.callbacks = tuple(callbacks)
+        self.callbacks = as_callbacks(callbacks)
         self.desc = desc
 
     def run(self, step: Callable[[str, int], Mapping[str, Any]]) -> RunOutcome:
@@ -161,6 +161,35 @@ class Driver:
         finally:
             bar.close()
         return RunOutcome()
+
+
+def as_callbacks(callbacks: object) -> tuple[Callback, ...]:
+    """The callbacks of a run as a tuple: a single callable, or a sequence of callables.
+
+    Every backend's ``fit(callbacks=...)`` goes through this, so ``callbacks=my_fn`` and
+    ``callbacks=[my_fn]`` are the same.
+
+    Raises
+    ------
+    TypeError
+        Naming ``callbacks`` if it is neither, or holds something that is not callable.
+    """
+    if callable(callbacks):
+        return (callbacks,)
+    if isinstance(callbacks, (str, bytes, Mapping)) or not isinstance(
+        callbacks, (Sequence, set, frozenset)
+    ):
+        raise TypeError(
+            "callbacks: expected a callable or a list of callables (each called with a "
+            f"StepEvent after every step), got {type(callbacks).__name__}"
+        )
+    for cb in callbacks:
+        if not callable(cb):
+            raise TypeError(
+                f"callbacks: expected a callable or a list of callables, got a list holding "
+                f"{type(cb).__name__}"
+            )
+    return tuple(callbacks)
 
 
 def _bar_options(total: int) -> dict[str, Any]:

@@ -23,28 +23,67 @@ from torch import Tensor
 
 from bayesdl._checks import check_count, check_positive, check_probability
 
-from .base import Backend, Callback
+from .base import Backend, Callback, as_callbacks
+from .checks import check_bnn, check_start
 from .compilation import compile_step
+from .health import mcmc_problems, probe_inputs, warn_all
 from .mcmc import Transition, run_mcmc
 from .pyro_engine import run_pyro_mcmc
 from .trajectory import hmc_step, hmc_transition
 
 if TYPE_CHECKING:  # pragma: no cover
     from bayesdl import Posterior
+    from bayesdl.inputs import Inputs
     from bayesdl.models import BNN
 
-__all__ = ["DEFAULT_TRAJECTORY_LENGTH", "HMC", "HamiltonianBackend"]
+__all__ = [
+    "BNN_MAX_STEPS",
+    "BNN_MAX_TREE_DEPTH",
+    "DEFAULT_TRAJECTORY_LENGTH",
+    "HMC",
+    "MAX_STEPS",
+    "MAX_TREE_DEPTH",
+    "HamiltonianBackend",
+]
 
 #: :class:`HMC`'s integration time when neither ``num_steps`` nor ``trajectory_length`` is given:
 #: a quarter period of a unit-scale Gaussian (see :class:`HMC`).
 DEFAULT_TRAJECTORY_LENGTH = math.pi / 2
+#: Default NUTS depth cap for ``sample`` on a generic density (Stan's, NumPyro's, Pyro's).
+MAX_TREE_DEPTH = 10
+#: Default NUTS depth cap for ``fit`` on a BNN (see :class:`HamiltonianBackend`).
+BNN_MAX_TREE_DEPTH = 6
+#: Default cap on HMC's steps per trajectory for ``sample`` on a generic density.
+MAX_STEPS = 1024
+#: Default cap on HMC's steps per trajectory for ``fit`` on a BNN: NUTS's cost at its cap.
+BNN_MAX_STEPS = 2**BNN_MAX_TREE_DEPTH - 1
 
 _ENGINES = ("bayesdl", "pyro")
 _MASSES = ("diag", "dense")
 
 
 class HamiltonianBackend(Backend):
-    """Settings and entry points shared by :class:`HMC` and :class:`~.nuts.NUTS`."""
+    """Settings and entry points shared by :class:`HMC` and :class:`~.nuts.NUTS`.
+
+    **Defaults that finish on a BNN.** The cost of an iteration is the number of leapfrog
+    steps, each a gradient of the log joint over the full data. A BNN's posterior
+    (non-identifiable, with long curved ridges) makes NUTS trees grow to any depth allowed:
+    on the quickstart's MLP (10-20-1 tanh, 193 parameters, 353 rows) they reach depth 8-10
+    through warmup and sampling at Stan's cap of 10, 1-2 s per iteration on one CPU core, an
+    hour for the default 2,000 iterations. So ``fit`` caps NUTS trees at
+    :data:`BNN_MAX_TREE_DEPTH` ``= 6`` and HMC trajectories at :data:`BNN_MAX_STEPS` ``= 63``
+    steps unless told otherwise: at most 63 gradients per iteration, about 0.1 s there, and
+    the defaults finish in a few minutes. A capped trajectory is still a valid MCMC
+    transition, only a shorter move; when the cap binds in most iterations, a warning at the
+    end of ``fit`` (and the progress bar's ``capped``) says so and what to do. ``sample``, on
+    a generic density, keeps Stan's caps (:data:`MAX_TREE_DEPTH`, :data:`MAX_STEPS`).
+
+    **Health checks.** At the end of ``fit`` and ``sample`` a ``RuntimeWarning`` names each
+    problem of the run and its fix (:mod:`.health`): trees at the cap in most iterations,
+    chains that have not mixed (function-space split R-hat above 1.1 at a few training inputs,
+    two chains or more; also shown on the progress bar as ``R^f``), and stuck chains (nearly
+    every transition divergent, acceptance about 0, or a chain that never moved).
+    """
 
     def __init__(
         self,
@@ -77,12 +116,16 @@ class HamiltonianBackend(Backend):
         self.compile = compile
 
     @abstractmethod
-    def _transition(self) -> Transition:
-        """The bayesdl engine's transition for these settings."""
+    def _transition(self, for_bnn: bool) -> Transition:
+        """The bayesdl engine's transition for these settings (``for_bnn``: under ``fit``)."""
 
     @abstractmethod
     def _pyro_kernel(self, model: Callable[..., Any], init_values: dict[str, Tensor]) -> Any:
-        """One chain's Pyro kernel for these settings."""
+        """One chain's Pyro kernel for these settings (on a BNN)."""
+
+    def _caps(self, for_bnn: bool) -> dict[str, int | None]:
+        """``max_tree_depth`` and ``max_steps`` in force, for the health checks."""
+        return {"max_tree_depth": None, "max_steps": None}
 
     def _desc(self) -> str:
         """The progress bar's label, e.g. ``NUTS (bayesdl, compiled, 4 chains)``."""
@@ -133,11 +176,34 @@ class HamiltonianBackend(Backend):
         Posterior
             ``(chains, draws, D)`` draws with ``sample_stats``; marked partial after Ctrl-C.
         """
+        bnn = check_bnn(bnn)
         x, y = bnn.check_data(x, y)
+        callbacks = as_callbacks(callbacks)
         init_theta = self._init(
             init_theta, bnn.num_params, lambda: bnn.init_theta(self.chains, _base_seed(seed))
         )
         init_theta = init_theta.to(dtype=bnn.dtype, device=bnn.device)
+        check_start(bnn, init_theta, x, y)
+        probe = probe_inputs(x)
+        posterior = self._run_on_bnn(
+            bnn, x, y, init_theta, seed, progress, callbacks, num_data, probe
+        )
+        warn_all(mcmc_problems(posterior, **self._caps(True), probe=probe))
+        return posterior
+
+    def _run_on_bnn(
+        self,
+        bnn: BNN,
+        x: Tensor,
+        y: Tensor,
+        init_theta: Tensor,
+        seed: int | Sequence[int] | None,
+        progress: bool,
+        callbacks: tuple[Callback, ...],
+        num_data: int | None,
+        probe: Inputs,
+    ) -> Posterior:
+        """The run of :meth:`fit` on either engine, after the checks."""
         desc = self._desc()
         if self.engine == "pyro":
             if seed is not None and not isinstance(seed, int):
@@ -158,7 +224,7 @@ class HamiltonianBackend(Backend):
                 attrs=self._attrs(),
             )
         return run_mcmc(
-            self._transition(),
+            self._transition(for_bnn=True),
             bnn.log_joint_fn(x, y, num_data),
             init_theta,
             warmup=self.warmup,
@@ -173,6 +239,8 @@ class HamiltonianBackend(Backend):
             desc=desc,
             bnn=bnn,
             attrs=self._attrs(),
+            max_tree_depth=self._caps(True)["max_tree_depth"],
+            probe=probe if progress else None,
         )
 
     def sample(
@@ -221,8 +289,8 @@ class HamiltonianBackend(Backend):
                 f"log_density: must map theta (P, D) to shape (P,); got "
                 f"{getattr(probe, 'shape', type(probe).__name__)} for P={init_theta.shape[0]}"
             )
-        return run_mcmc(
-            self._transition(),
+        posterior = run_mcmc(
+            self._transition(for_bnn=False),
             log_density,
             init_theta,
             warmup=self.warmup,
@@ -233,10 +301,13 @@ class HamiltonianBackend(Backend):
             compile=self.compile,
             seed=seed,
             progress=progress,
-            callbacks=callbacks,
+            callbacks=as_callbacks(callbacks),
             desc=self._desc(),
             attrs=self._attrs(),
+            max_tree_depth=self._caps(False)["max_tree_depth"],
         )
+        warn_all(mcmc_problems(posterior, **self._caps(False)))
+        return posterior
 
     def _init(
         self, init_theta: Tensor | None, dim: int, default: Callable[[], Tensor] | None
@@ -297,6 +368,9 @@ class HMC(HamiltonianBackend):
         Initial step size (default: Hoffman & Gelman's heuristic).
     max_steps
         Cap on the number of steps per transition when ``trajectory_length`` is given.
+        Default (``None``): :data:`BNN_MAX_STEPS` ``= 63`` in ``fit`` on a BNN,
+        :data:`MAX_STEPS` ``= 1024`` in ``sample`` (see :class:`HamiltonianBackend`); a warning
+        at the end of the run says when it cut most trajectories. The Pyro engine has no cap.
     jit
         Compile Pyro's potential (engine ``"pyro"`` only).
     compile
@@ -317,7 +391,7 @@ class HMC(HamiltonianBackend):
         mass: str = "diag",
         engine: str = "bayesdl",
         step_size: float | None = None,
-        max_steps: int = 1024,
+        max_steps: int | None = None,
         jit: bool = True,
         compile: bool = False,
     ) -> None:
@@ -337,17 +411,28 @@ class HMC(HamiltonianBackend):
             if trajectory_length is None
             else check_positive("trajectory_length", trajectory_length)
         )
-        self.max_steps = check_count("max_steps", max_steps)
+        self.max_steps = None if max_steps is None else check_count("max_steps", max_steps)
 
-    def _transition(self) -> Transition:
+    def _max_steps(self, for_bnn: bool) -> int:
+        if self.max_steps is not None:
+            return self.max_steps
+        return BNN_MAX_STEPS if for_bnn else MAX_STEPS
+
+    def _caps(self, for_bnn: bool) -> dict[str, int | None]:
+        if self.num_steps is not None:  # a fixed number of steps is never cut
+            return super()._caps(for_bnn)
+        return {"max_tree_depth": None, "max_steps": self._max_steps(for_bnn)}
+
+    def _transition(self, for_bnn: bool) -> Transition:
         step = compile_step(hmc_step) if self.compile else hmc_step
+        max_steps = self._max_steps(for_bnn)
 
         def transition(state, step_size, metric, potential, rng):
             if self.num_steps is not None:
                 steps = torch.full_like(step_size, self.num_steps, dtype=torch.long)
             else:
                 steps = torch.ceil(self.trajectory_length / step_size).long()
-                steps = steps.clamp(1, self.max_steps)
+                steps = steps.clamp(1, max_steps)
             return hmc_transition(state, step_size, metric, potential, rng, steps, step=step)
 
         return transition

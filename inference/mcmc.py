@@ -23,12 +23,14 @@ from bayesdl.posterior import Posterior
 from .adaptation import DualAveraging, Welford, find_step_size, mass_windows
 from .base import Callback, Driver, finish
 from .compilation import skip_guard_checks
+from .health import ProgressMonitor
 from .integrator import IntegratorState, functional_value_and_grad, value_and_grad
 from .metric import Metric
 from .rng import ChainRNG
 from .trajectory import TransitionInfo
 
 if TYPE_CHECKING:  # pragma: no cover
+    from bayesdl.inputs import Inputs
     from bayesdl.models import BNN
 
 __all__ = ["Transition", "run_mcmc"]
@@ -56,6 +58,8 @@ def run_mcmc(
     desc: str,
     bnn: BNN | None = None,
     attrs: dict[str, Any] | None = None,
+    max_tree_depth: int | None = None,
+    probe: Inputs | None = None,
 ) -> Posterior:
     """Run ``len(init_theta)`` chains of ``transition`` in lockstep; see the module docstring.
 
@@ -69,6 +73,9 @@ def run_mcmc(
         with :func:`torch.func` (:func:`.integrator.functional_value_and_grad`).
     seed
         One base seed, or one seed per chain (``ChainRNG.from_seed``).
+    max_tree_depth, probe
+        For the progress bar (:class:`~.health.ProgressMonitor`): the share of iterations at
+        the depth cap, and the function-space R-hat at the probe inputs (with ``bnn``).
     """
     chains, dim = init_theta.shape
     dtype, device = init_theta.dtype, init_theta.device
@@ -91,6 +98,7 @@ def run_mcmc(
     welford: Welford | None = None
     kept_theta: list[Tensor] = []
     kept_stats: dict[str, list[Tensor]] = {k: [] for k in _STATS}
+    monitor = ProgressMonitor(max_tree_depth, bnn, probe)
 
     def step(stage: str, i: int) -> dict[str, Any]:
         nonlocal state, eps, metric, welford
@@ -132,6 +140,7 @@ def run_mcmc(
                 "accept": f"{float(info.acceptance_rate.mean()):.2f}",
                 "depth": f"{float(info.tree_depth.float().mean()):.1f}",
                 "div": int(sum(int(d.sum()) for d in kept_stats["diverging"])),
+                **monitor.update(stage, state.position, info.tree_depth),
             },
         }
 

@@ -12,7 +12,7 @@ from torch import Tensor
 from bayesdl._checks import check_count
 
 from .compilation import compile_step
-from .hmc import HamiltonianBackend
+from .hmc import BNN_MAX_TREE_DEPTH, MAX_TREE_DEPTH, HamiltonianBackend
 from .mcmc import Transition
 from .trajectory import nuts_leaves, nuts_transition
 
@@ -41,7 +41,11 @@ class NUTS(HamiltonianBackend):
         Target mean acceptance statistic of the step-size adaptation, in (0, 1).
     max_tree_depth
         Maximum number of trajectory doublings (at most ``2**max_tree_depth - 1`` leapfrog
-        steps per draw).
+        steps per draw). Default (``None``): :data:`~.hmc.BNN_MAX_TREE_DEPTH` ``= 6`` in
+        ``fit`` on a BNN, where trees otherwise grow to depth 8-10 and the defaults take an
+        hour on the quickstart's MLP, and Stan's :data:`~.hmc.MAX_TREE_DEPTH` ``= 10`` in
+        ``sample`` (see :class:`~.hmc.HamiltonianBackend`). When trees hit the cap in most
+        iterations, the progress bar's ``capped`` and a warning at the end of the run say so.
     mass
         ``"diag"`` or ``"dense"`` mass-matrix adaptation.
     engine
@@ -74,7 +78,7 @@ class NUTS(HamiltonianBackend):
         warmup: int = 1000,
         draws: int = 1000,
         target_accept: float = 0.8,
-        max_tree_depth: int = 10,
+        max_tree_depth: int | None = None,
         mass: str = "diag",
         engine: str = "bayesdl",
         step_size: float | None = None,
@@ -84,10 +88,20 @@ class NUTS(HamiltonianBackend):
         super().__init__(
             chains, warmup, draws, target_accept, mass, engine, step_size, jit, compile
         )
-        self.max_tree_depth = check_count("max_tree_depth", max_tree_depth)
+        self.max_tree_depth = (
+            None if max_tree_depth is None else check_count("max_tree_depth", max_tree_depth)
+        )
 
-    def _transition(self) -> Transition:
-        depth = self.max_tree_depth
+    def _depth(self, for_bnn: bool) -> int:
+        if self.max_tree_depth is not None:
+            return self.max_tree_depth
+        return BNN_MAX_TREE_DEPTH if for_bnn else MAX_TREE_DEPTH
+
+    def _caps(self, for_bnn: bool) -> dict[str, int | None]:
+        return {"max_tree_depth": self._depth(for_bnn), "max_steps": None}
+
+    def _transition(self, for_bnn: bool) -> Transition:
+        depth = self._depth(for_bnn)
         # compiled: two leaves per call halve the fixed cost of a call
         leaves = compile_step(nuts_leaves) if self.compile else nuts_leaves
         per_call = 2 if self.compile else 1
@@ -110,7 +124,7 @@ class NUTS(HamiltonianBackend):
         return pyro.infer.NUTS(
             model,
             target_accept_prob=self.target_accept,
-            max_tree_depth=self.max_tree_depth,
+            max_tree_depth=self._depth(for_bnn=True),
             full_mass=self.mass == "dense",
             jit_compile=self.jit,
             ignore_jit_warnings=True,
