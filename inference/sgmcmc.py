@@ -65,7 +65,8 @@ from torch import Tensor
 from bayesdl._checks import check_count, check_positive, check_probability
 from bayesdl.posterior import Posterior
 
-from .base import Backend, Callback, Driver, Minibatches, finish
+from .base import Backend, Callback, Driver, Minibatches, as_callbacks, finish
+from .checks import check_bnn, check_start
 from .integrator import value_and_grad
 from .preconditioners import make_preconditioner
 from .rng import ChainRNG
@@ -169,7 +170,9 @@ class _StochasticGradientMCMC(Backend):
             ``(chains, draws, D)`` with ``sample_stats`` ``step_size``,
             ``configurational_temperature`` and (SGHMC) ``kinetic_temperature``.
         """
+        bnn = check_bnn(bnn)
         x, y = bnn.check_data(x, y)
+        callbacks = as_callbacks(callbacks)
         base_seed = seed if seed is None or isinstance(seed, int) else int(next(iter(seed)))
         if init_theta is None:
             init_theta = bnn.init_theta(self.chains, base_seed)
@@ -182,6 +185,7 @@ class _StochasticGradientMCMC(Backend):
                 f"{getattr(init_theta, 'shape', type(init_theta).__name__)}"
             )
         theta = init_theta.detach().to(dtype=bnn.dtype, device=bnn.device).clone()
+        check_start(bnn, theta, x, y)
         batches = Minibatches(x, y, self.batch_size, base_seed)
         rng = ChainRNG.from_seed(seed, self.chains, device=theta.device, dtype=theta.dtype)
         lr = DEFAULT_LR_PER_DATUM / batches.num_data if self.lr is None else self.lr
@@ -194,6 +198,7 @@ class _StochasticGradientMCMC(Backend):
         kept: list[Tensor] = []
         stats: dict[str, list[Tensor]] = {k: [] for k in _STATS}
         step_index = 0
+        last_kept = [-1]  # the step whose update made the last kept draw
 
         def step(stage: str, i: int) -> dict[str, Any]:
             nonlocal theta, velocity, step_index
@@ -202,14 +207,20 @@ class _StochasticGradientMCMC(Backend):
             xb, yb = next(batches)
             potential = value_and_grad(bnn.log_joint_fn(xb, yb, batches.num_data, validate=False))
             lp, grad = potential(theta)
+            if not (bool(torch.isfinite(lp).all()) and bool(torch.isfinite(grad).all())):
+                # the current theta has no finite density: drop it if it was just kept
+                if last_kept[0] == k - 1:
+                    _drop_last(kept, stats)
+                return {"finite": False, "lp": lp, "postfix": {}}
             if stage == "burn-in":
                 precond.observe(grad, k)
             eta = lr * schedule.lr_factor(k)
             noise = rng.normal(dim) if schedule.noise(k) else None
             config_t = temperature * -(theta * grad).sum(-1) / dim
             theta, velocity = self._update(theta, velocity, grad, precond.inverse_mass, eta, noise)
-            finite = bool(torch.isfinite(theta).all()) and bool(torch.isfinite(lp).all())
-            if schedule.keep(k):
+            finite = bool(torch.isfinite(theta).all())
+            if finite and schedule.keep(k):  # never keep a non-finite draw
+                last_kept[0] = k
                 kept.append(theta.detach().cpu())
                 stats["step_size"].append(torch.full((self.chains,), eta, dtype=torch.float64))
                 stats["configurational_temperature"].append(config_t.detach().double().cpu())
@@ -252,6 +263,14 @@ class _StochasticGradientMCMC(Backend):
             },
         )
         return finish(posterior, outcome)
+
+
+def _drop_last(kept: list[Tensor], stats: dict[str, list[Tensor]]) -> None:
+    """Remove the last kept draw and its statistics."""
+    kept.pop()
+    for values in stats.values():
+        if values:
+            values.pop()
 
 
 class SGHMC(_StochasticGradientMCMC):

@@ -96,6 +96,23 @@ def test_too_large_a_step_trips_the_nan_guard_and_keeps_the_draws():
     assert post.num_draws < 200
 
 
+@pytest.mark.parametrize("backend", [SGHMC, SGLD])
+def test_the_nan_guard_hands_back_only_finite_draws(backend):
+    """The step that overflows is not kept: every returned draw, and its log joint, is finite."""
+    bnn, x, y = _problem()
+    with pytest.raises(NonFiniteError) as err:
+        backend(chains=2, lr=1e3, burn_in=0, draws=200, thin=1).fit(
+            bnn, x, y, seed=0, progress=False
+        )
+    post = err.value.posterior
+    assert post.num_draws >= 1  # the guard tripped after some draws were kept
+    assert torch.isfinite(post.theta).all()
+    lp = bnn.log_joint(post.theta.reshape(-1, bnn.num_params), x, y)
+    assert torch.isfinite(lp).all()
+    for name, values in post.sample_stats.items():
+        assert values.shape[:2] == post.theta.shape[:2], name
+
+
 def test_ctrl_c_returns_a_partial_posterior():
     bnn, x, y = _problem()
 
