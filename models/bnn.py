@@ -250,7 +250,7 @@ class BNN:
         net.eval()
         self._buffer_names = tuple(n for n, _ in net.named_buffers())
         self.layout = FlatLayout(specs)
-        self._out_features: dict[tuple[int, ...], int] = {}
+        self._out_features: dict[tuple, int] = {}
         # Distributions, fused blocks and the Jacobian plan, built once per dtype and device.
         self._priors: dict[
             tuple, dist.Distribution | _GaussianBlock | _ScaleBlock | _JacobianPlan
@@ -479,7 +479,8 @@ class BNN:
     # ------------------------------------------------------------------ data checks
     def out_features(self, x: Inputs) -> int:
         """Output width of the network for inputs like ``x`` (raises ``ValueError`` naming x)."""
-        key = inputs.row_shapes(x)
+        shapes = inputs.row_shapes(x)
+        key = (shapes, tuple(part.dtype for part in inputs.parts(x).values()))
         if key not in self._out_features:
             detached = {n: p.detach() for n, p in self.net.named_parameters()}
             try:
@@ -487,7 +488,7 @@ class BNN:
                     out = call_with_parameters(self.net, detached, inputs.take_rows(x, slice(0, 1)))
             except (RuntimeError, ValueError, IndexError, TypeError) as err:
                 raise ValueError(
-                    f"x: the network cannot take inputs with per-example shapes {dict(key)}: "
+                    f"x: the network cannot take inputs with per-example shapes {dict(shapes)}: "
                     f"{err}{_integer_hint(x)}"
                 ) from err
             if not isinstance(out, Tensor) or out.dim() not in (1, 2):
@@ -833,8 +834,14 @@ class BNN:
         return (
             f"BNN(net={type(self.net).__name__}, D={self.num_params}, prior={self.prior!r}, "
             f"likelihood={self.likelihood!r}, temperature={self.temperature}, "
-            f"tempering={self.tempering!r})"
+            f"tempering={self.tempering!r}{self._deterministic_repr()})"
         )
+
+    def _deterministic_repr(self) -> str:
+        if not self.deterministic:
+            return ""
+        entries = [e.__name__ if isinstance(e, type) else repr(e) for e in self.deterministic]
+        return f", deterministic=[{', '.join(entries)}]"
 
 
 def _check_plain_torch(net: nn.Module) -> None:
