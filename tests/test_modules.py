@@ -164,6 +164,7 @@ def test_deterministic_name_pattern_fixes_a_submodule():
     net.add_module("head", nn.Linear(4, 1))
     bnn = _bnn(net, deterministic=["encoder.*"])
     assert bnn.layout.names == ("head.weight", "head.bias")
+    assert "deterministic=['encoder.*']" in repr(bnn)
     assert bnn.num_params == 5
     # the module name itself matches every parameter under it
     assert _bnn(net, deterministic=["encoder"]).num_params == 5
