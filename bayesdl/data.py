@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._checks import check_probability
+from ._checks import check_count, check_probability
 
 __all__ = [
     "UCI_NAMES",
@@ -192,7 +192,8 @@ class Dataset:
         n_train, n_test : int or None
             Number of examples to keep (drawn without replacement); ``None`` keeps all.
         seed : int
-            Seed of the ``numpy.random.default_rng`` stream; the same seed gives the same subset.
+            Seed (>= 0) of the ``numpy.random.default_rng`` stream; the same seed gives the same
+            subset.
 
         Returns
         -------
@@ -200,7 +201,7 @@ class Dataset:
             A new data set with the same name, task and standardisation statistics. Kept
             examples stay in their original order.
         """
-        rng = np.random.default_rng(seed)
+        rng = np.random.default_rng(_check_count("seed", seed, 0))
         train_idx = _subset_indices("n_train", n_train, self.num_train, rng)
         test_idx = _subset_indices("n_test", n_test, self.num_test, rng)
         changes: dict[str, Tensor | None] = {}
@@ -367,11 +368,13 @@ def load(
 
     Raises
     ------
-    ValueError
-        If ``name`` is unknown or ``test_fraction`` is not in (0, 1).
+    TypeError, ValueError
+        If ``name`` is unknown, ``seed`` is not an integer >= 0 or ``test_fraction`` is not
+        in (0, 1).
     """
     if name not in _SKLEARN_SETS:
         raise ValueError(f"name: unknown data set {name!r}; choose one of {sorted(_SKLEARN_SETS)}")
+    seed = _check_count("seed", seed, 0)
     test_fraction = check_probability("test_fraction", test_fraction)
     dtype = _check_dtype(dtype)
 
@@ -757,11 +760,10 @@ def mnist_test(
 
 
 def _check_count(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name}: expected an integer, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name}: must be >= {minimum}, got {value}")
-    return int(value)
+    """:func:`~bayesdl._checks.check_count`, also taking numpy integers."""
+    return check_count(
+        name, int(value) if isinstance(value, np.integer) else value, minimum=minimum
+    )
 
 
 def synthetic_images(

@@ -9,20 +9,23 @@ saying what the draws are (R-hat does not apply to them).
 from __future__ import annotations
 
 import importlib
-import io
+import itertools
 import math
 import os
+import pathlib
 import pickle
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from . import inputs
+from ._checks import check_count, check_finite, check_positive
+from ._memory import PROBE_DRAWS, forward_cost, plan_chunks
 from ._seeding import seeded
 from .arviz_bridge import from_groups
 from .diagnostics import (
@@ -39,7 +42,7 @@ from .likelihoods import Likelihood
 if TYPE_CHECKING:  # pragma: no cover
     from bayesdl.models import BNN
 
-__all__ = ["KINDS", "Posterior", "Predictive"]
+__all__ = ["KINDS", "PREDICT_MEMORY_BUDGET", "Posterior", "Predictive"]
 
 #: What the draws of a posterior are: MCMC draws, ensemble/SVGD particles, or variational draws.
 KINDS = ("mcmc", "particles", "variational")
@@ -49,7 +52,11 @@ _FORMAT = "bayesdl.Posterior/1"
 _EXTENDED_FORMATS = {
     "bayesdl.SparsePosterior/1": "bayesdl.inference.sparse_posterior:SparsePosterior",
 }
-_MAX_ELEMENTS = 2**24  # network outputs held at once while predicting
+#: Bytes a forward pass may hold at once while predicting (default 256 MiB): hidden activations
+#: of every draw and row evaluated together, measured on a few rows (:mod:`bayesdl._memory`).
+#: The ``(chains, draws, N, out)`` outputs themselves come on top. Set
+#: ``bayesdl.posterior.PREDICT_MEMORY_BUDGET`` to change it; an explicit ``chunk_size`` wins.
+PREDICT_MEMORY_BUDGET = 256 * 2**20
 #: Class probabilities per chunk of draws while accumulating OOD and diversity statistics (each
 #: element is held in float64 several times over: probabilities, their logs, votes).
 _MAX_STAT_ELEMENTS = 2**22
@@ -83,7 +90,9 @@ def _member_class_probs(
 
 def _stats_chunk(chunk_size: int | None, n: int, out: int) -> int:
     """Draws per chunk when accumulating member statistics at ``n`` inputs, ``out`` outputs."""
-    return chunk_size or max(1, _MAX_STAT_ELEMENTS // (n * max(out, 2)))
+    if chunk_size is not None:
+        return check_count("chunk_size", chunk_size)
+    return max(1, _MAX_STAT_ELEMENTS // (n * max(out, 2)))
 
 
 class Predictive:
@@ -198,7 +207,7 @@ class Predictive:
         predictive = self.likelihood.predictive(self.samples, self._latents)
         if seed is None:
             return predictive.sample()
-        with seeded(seed):
+        with seeded(check_count("seed", seed, minimum=0)):
             return predictive.sample()
 
 
@@ -219,6 +228,7 @@ class Posterior:
         ``"mcmc"``, ``"particles"`` (SVGD, ensembles) or ``"variational"`` (draws from a guide).
     partial
         Whether the run stopped early (Ctrl-C, non-finite values); the draws are those made so far.
+        Only a partial posterior may hold non-finite draws (those that stopped the run).
     attrs
         Metadata (backend settings, timings), strings and numbers.
 
@@ -245,10 +255,13 @@ class Posterior:
                 f"theta: expected a tensor of shape (chains, draws, D), got "
                 f"{getattr(theta, 'shape', type(theta).__name__)}"
             )
+        _check_bnn(bnn)
         if bnn is not None and theta.shape[-1] != bnn.num_params:
             raise ValueError(
                 f"theta: last dimension {theta.shape[-1]} != the BNN's D={bnn.num_params}"
             )
+        if not partial:
+            check_finite("theta", theta)
         if kind not in KINDS:
             raise ValueError(f"kind: must be one of {KINDS}, got {kind!r}")
         stats = {}
@@ -315,16 +328,44 @@ class Posterior:
         x
             Inputs ``(N, ...)``.
         chunk_size
-            Draws evaluated at once (default: as many as keep about 16M outputs in memory).
+            Draws evaluated at once, at all rows. Default: chosen from the memory of a forward
+            pass, measured on a few rows, so that the activations held at once stay within
+            :data:`PREDICT_MEMORY_BUDGET` (all draws over chunks of rows where that leaves
+            enough rows per chunk, else fewer draws at a time).
+
+        Raises
+        ------
+        TypeError, ValueError
+            Naming ``x`` or ``chunk_size`` (an integer >= 1, or ``None``).
         """
         bnn = self._require_bnn("predict")
         x = bnn.check_inputs(x)
-        chunk = chunk_size or max(1, _MAX_ELEMENTS // (inputs.num_rows(x) * bnn.out_features(x)))
-        f = torch.cat([f for f, _ in self._output_chunks(x, chunk)])
+        draws, rows = self._chunks(x, chunk_size)
+        chunks = [f for f, _ in self._output_chunks(x, draws, rows)]
+        f = chunks[0] if len(chunks) == 1 else torch.cat(chunks)
         samples = f.reshape(self.num_chains, self.num_draws, *f.shape[1:])
         return Predictive(
             samples, bnn.likelihood, self._latents(), lambda y: bnn.check_data(x, y)[1]
         )
+
+    def _chunks(self, x: Inputs, chunk_size: int | None) -> tuple[int, int]:
+        """Draws and rows evaluated at once at checked inputs ``x``: ``chunk_size`` draws at all
+        rows if given, else a plan within :data:`PREDICT_MEMORY_BUDGET`."""
+        n = inputs.num_rows(x)
+        if chunk_size is not None:
+            return check_count("chunk_size", chunk_size), n
+        bnn = self.bnn
+        assert bnn is not None
+        flat = self.theta.flatten(0, 1)
+        picked = torch.arange(PROBE_DRAWS) % len(flat)  # any draws: memory does not depend on them
+        values = bnn.unravel(flat[picked].to(device=bnn.device, dtype=bnn.dtype))
+
+        def probe(draws: int, rows: int) -> Tensor:
+            some = {k: v[:draws] for k, v in values.items()}
+            return bnn._forward(some, inputs.take_rows(x, slice(0, rows)))
+
+        cost = forward_cost(probe, n)
+        return plan_chunks(cost, self.num_chains * self.num_draws, n, PREDICT_MEMORY_BUDGET)
 
     def _latents(self) -> dict[str, Tensor]:
         """The likelihood's latent sites (a learned noise scale), ``(chains, draws, *shape)``."""
@@ -333,17 +374,38 @@ class Posterior:
             values = self.bnn.unravel(self.theta)
         return {k: values[k] for k in self.bnn.likelihood.latent_sites()}
 
-    def _output_chunks(self, x: Tensor, chunk: int) -> Iterator[tuple[Tensor, dict[str, Tensor]]]:
-        """Network outputs ``(chunk, N, out)`` at checked inputs ``x`` for successive chunks of
-        the flattened draws, with the matching latent values."""
+    def _output_chunks(
+        self, x: Inputs, draws: int, rows: int
+    ) -> Iterator[tuple[Tensor, dict[str, Tensor]]]:
+        """Network outputs ``(draws, N, out)`` at checked inputs ``x`` for successive chunks of
+        the flattened draws, with the matching latent values; each chunk is computed ``rows``
+        rows at a time."""
         bnn = self.bnn
         assert bnn is not None
         flat = self.theta.flatten(0, 1).to(device=bnn.device, dtype=bnn.dtype)
         latents = {k: v.flatten(0, 1) for k, v in self._latents().items()}
-        for i in range(0, len(flat), chunk):
-            with torch.no_grad():
-                f = bnn.forward(flat[i : i + chunk], x)
-            yield f, {k: v[i : i + chunk] for k, v in latents.items()}
+        for i in range(0, len(flat), draws):
+            f = self._outputs_by_rows(flat[i : i + draws], x, rows)
+            yield f, {k: v[i : i + draws] for k, v in latents.items()}
+
+    def _outputs_by_rows(self, theta: Tensor, x: Inputs, rows: int) -> Tensor:
+        """Outputs ``(P, N, out)`` of draws ``theta`` ``(P, D)``, ``rows`` rows at a time,
+        written into one tensor."""
+        bnn = self.bnn
+        assert bnn is not None
+        n = inputs.num_rows(x)
+        values = bnn.unravel(theta)
+        f: Tensor | None = None
+        for j in range(0, n, rows):
+            with torch.no_grad():  # x is checked: the forward pass of the probes, unchecked
+                part = bnn._forward(values, inputs.take_rows(x, slice(j, j + rows)))
+            if rows >= n:
+                return part
+            if f is None:
+                f = part.new_empty((part.shape[0], n, *part.shape[2:]))
+            f[:, j : j + rows] = part
+        assert f is not None
+        return f
 
     def evaluate(
         self,
@@ -398,6 +460,7 @@ class Posterior:
             Naming ``x``, ``y``, ``y_scale`` or ``ood_x``.
         """
         bnn = self._require_bnn("evaluate")
+        scale = check_positive("y_scale", y_scale)
         x, y = bnn.check_data(x, y)
         if ood_x is not None:
             if not bnn.likelihood.is_classifier:
@@ -426,9 +489,6 @@ class Posterior:
             if ood_x is not None:
                 metrics.update(self._ood_metrics(pred, ood_x, chunk_size))
             return metrics
-        scale = float(y_scale)
-        if not math.isfinite(scale) or scale <= 0:
-            raise ValueError(f"y_scale: must be a finite number > 0, got {y_scale!r}")
         mean = pred.mean
         if mean.shape != y.shape and not (y.shape[-1] == 1 and mean.shape == y.shape[:-1]):
             raise ValueError(
@@ -450,8 +510,9 @@ class Posterior:
         stats_in = pred.member_statistics(chunk_size)
         stats_out = MemberStatistics()
         out = self.bnn.out_features(ood_x)
-        chunk = _stats_chunk(chunk_size, inputs.num_rows(ood_x), out)
-        for f, latents in self._output_chunks(ood_x, chunk):
+        draws = _stats_chunk(chunk_size, inputs.num_rows(ood_x), out)
+        planned, rows = self._chunks(ood_x, chunk_size)
+        for f, latents in self._output_chunks(ood_x, min(draws, planned), rows):
             stats_out.update(*_member_class_probs(self.bnn.likelihood, f, latents))
         scores_in, scores_out = stats_in.ood_scores(), stats_out.ood_scores()
         metrics = {f"auroc_{k}": ood_auroc(scores_in[k], scores_out[k]) for k in scores_in}
@@ -488,6 +549,7 @@ class Posterior:
         seed
             Seed of the posterior predictive draws.
         """
+        check_count("seed", seed, minimum=0)
         groups: dict[str, dict[str, np.ndarray]] = {
             "posterior": {k: _np(v) for k, v in self.sites().items()},
             "sample_stats": {k: _np(v) for k, v in self.sample_stats.items()},
@@ -527,12 +589,26 @@ class Posterior:
         )
 
     # ------------------------------------------------------------------ persistence
-    def save(self, path: str | os.PathLike) -> None:
+    def save(self, path: str | os.PathLike | BinaryIO) -> None:
         """Save draws, statistics, metadata and the BNN declaration to one file.
 
         The BNN is pickled; if it cannot be (a prior rule with a lambda, say), the draws are
-        still saved with a warning, and :meth:`load` then needs ``bnn=``.
+        still saved with a warning, and :meth:`load` then needs ``bnn=``. The BNN's parameter
+        layout (site names and shapes) is saved too, so that :meth:`load` can check that the
+        draws belong to the BNN it is given.
+
+        Parameters
+        ----------
+        path
+            The file to write (replaced if it exists); missing parent folders are created.
+            Or a binary file object open for writing.
+
+        Raises
+        ------
+        TypeError, ValueError
+            Naming ``path``: not a path (``None``, say), or an existing folder.
         """
+        target = _save_target(path)
         try:
             bnn_bytes = pickle.dumps(self.bnn) if self.bnn is not None else None
         except (pickle.PicklingError, AttributeError, TypeError) as err:
@@ -550,30 +626,48 @@ class Posterior:
             "partial": self.partial,
             "attrs": self.attrs,
             "bnn": bnn_bytes,
+            "layout": None if self.bnn is None else _layout(self.bnn),
         }
-        torch.save(payload, path)
+        torch.save(payload, target)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, bnn: BNN | None = None) -> Posterior:
+    def load(cls, path: str | os.PathLike | BinaryIO, bnn: BNN | None = None) -> Posterior:
         """Load a posterior written by :meth:`save`.
 
         Parameters
         ----------
         path
-            The file.
+            The file (or a binary file object open for reading).
         bnn
-            The BNN the draws belong to. If omitted, the pickled BNN stored in the file is
-            restored: only load files you trust (unpickling can run code).
+            The BNN the draws belong to: its parameter layout (site names and shapes) must be
+            the one saved in the file (files saved without a layout, by older versions, load
+            with a warning). If omitted, the pickled BNN stored in the file is restored: only
+            load files you trust (unpickling can run code).
+
+        Raises
+        ------
+        TypeError, ValueError
+            Naming ``path`` (not a file saved by :meth:`save`: truncated, corrupted, another
+            format) or ``bnn`` (not a BNN, or a network whose layout differs from the saved
+            one).
+        FileNotFoundError
+            If there is no file at ``path``.
         """
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-        fmt = payload.get("format") if isinstance(payload, dict) else None
+        _check_bnn(bnn)
+        payload = _read_payload(path)
+        fmt = payload.get("format")
         if fmt in _EXTENDED_FORMATS and cls is Posterior:
             module, name = _EXTENDED_FORMATS[fmt].split(":")
             return getattr(importlib.import_module(module), name).load(path, bnn)
-        if fmt != _FORMAT:
-            raise ValueError(f"path: {os.fspath(path)!r} is not a saved bayesdl Posterior")
+        if fmt != _FORMAT or not _PAYLOAD_KEYS <= payload.keys():
+            raise ValueError(
+                f"path: {_describe(path)} is not a saved bayesdl Posterior (no {_FORMAT!r} "
+                "record); save posteriors with Posterior.save"
+            )
         if bnn is None and payload["bnn"] is not None:
-            bnn = pickle.load(io.BytesIO(payload["bnn"]))
+            bnn = _unpickle_bnn(payload["bnn"], path)
+        elif bnn is not None:
+            _check_layout(payload.get("layout"), bnn, path)
         return cls(
             payload["theta"],
             bnn,
@@ -581,6 +675,121 @@ class Posterior:
             kind=payload["kind"],
             partial=payload["partial"],
             attrs=payload["attrs"],
+        )
+
+
+#: What a file written by ``Posterior.save`` holds, besides the layout (absent in older files).
+_PAYLOAD_KEYS = {"format", "theta", "sample_stats", "kind", "partial", "attrs", "bnn"}
+
+
+def _describe(path: object) -> str:
+    """``path`` for messages: the quoted path, or the type of a file object."""
+    if isinstance(path, (str, os.PathLike)):
+        return repr(os.fspath(path))
+    return f"the {type(path).__name__} given"
+
+
+def _save_target(path: object) -> str | os.PathLike | BinaryIO:
+    """Check where :meth:`Posterior.save` writes, creating missing parent folders."""
+    if hasattr(path, "write"):
+        return path  # type: ignore[return-value]
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(
+            f"path: expected a file path (str or os.PathLike) or a binary file object, got "
+            f"{type(path).__name__}"
+        )
+    target = pathlib.Path(path)
+    if target.is_dir():
+        raise ValueError(
+            f"path: {str(target)!r} is a folder; give a file name in it, such as "
+            f"{str(target / 'posterior.pt')!r}"
+        )
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"path: cannot create the folder of {str(target)!r}: {err}") from err
+    return target
+
+
+def _read_payload(path: object) -> dict[str, Any]:
+    """The dict stored by :meth:`Posterior.save`; ``ValueError`` naming ``path`` otherwise."""
+    if not (hasattr(path, "read") or isinstance(path, (str, os.PathLike))):
+        raise TypeError(
+            f"path: expected a file path (str or os.PathLike) or a binary file object, got "
+            f"{type(path).__name__}"
+        )
+    if isinstance(path, (str, os.PathLike)) and pathlib.Path(path).is_dir():
+        raise ValueError(f"path: {_describe(path)} is a folder, not a saved Posterior")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"path: no file at {_describe(path)}") from None
+    except PermissionError:
+        raise
+    except Exception as err:  # torch.load fails in many ways on foreign or damaged files
+        raise ValueError(
+            f"path: {_describe(path)} is not a readable saved bayesdl Posterior (truncated, "
+            f"corrupted or another format: {type(err).__name__}: {str(err)[:200]})"
+        ) from None
+    if not isinstance(payload, dict):
+        raise ValueError(
+            f"path: {_describe(path)} holds a {type(payload).__name__}, not a saved bayesdl "
+            "Posterior; save posteriors with Posterior.save"
+        )
+    return payload
+
+
+def _unpickle_bnn(data: bytes, path: object) -> BNN:
+    """The BNN pickled in a saved file; ``ValueError`` saying to pass ``bnn=`` if it fails."""
+    try:
+        bnn = pickle.loads(data)
+    except Exception as err:  # a class renamed or removed since, a damaged pickle...
+        raise ValueError(
+            f"path: the BNN stored in {_describe(path)} cannot be restored "
+            f"({type(err).__name__}: {err}); pass the network with Posterior.load(path, bnn=...)"
+        ) from err
+    _check_bnn(bnn)
+    return bnn
+
+
+def _layout(bnn: BNN) -> list[list[Any]]:
+    """The BNN's sites in flat order, ``[[name, [*shape]], ...]``, as saved in a file."""
+    return [[site.name, list(site.shape)] for site in bnn.layout.sites]
+
+
+def _check_layout(saved: list | None, bnn: BNN, path: object) -> None:
+    """Check that ``bnn`` has the parameter layout saved with the draws."""
+    if saved is None:
+        warnings.warn(
+            f"load: {_describe(path)} was saved without its parameter layout (by an older "
+            "bayesdl), so it cannot be checked that its draws belong to this bnn; save it "
+            "again to store the layout",
+            stacklevel=3,
+        )
+        return
+    expected = [(str(name), tuple(shape)) for name, shape in saved]
+    actual = [(name, tuple(shape)) for name, shape in _layout(bnn)]
+    for i, (want, got) in enumerate(itertools.zip_longest(expected, actual)):
+        if want != got:
+            raise ValueError(
+                f"bnn: not the network the draws in {_describe(path)} belong to: site {i} is "
+                f"{_site(want)} in the file but {_site(got)} in bnn; pass the BNN the posterior "
+                "was fitted with (same parameters, priors and likelihood)"
+            )
+
+
+def _site(site: tuple[str, tuple[int, ...]] | None) -> str:
+    return "missing" if site is None else f"{site[0]!r} of shape {site[1]}"
+
+
+def _check_bnn(bnn: object) -> None:
+    """Raise ``TypeError`` naming ``bnn`` unless it is a :class:`~bayesdl.models.BNN` or None."""
+    from bayesdl.models import BNN  # imported here: importing bayesdl must not import models
+
+    if bnn is not None and not isinstance(bnn, BNN):
+        raise TypeError(
+            f"bnn: expected a bayesdl.models.BNN (the network the draws belong to) or None, "
+            f"got {type(bnn).__name__}"
         )
 
 

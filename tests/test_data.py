@@ -232,6 +232,14 @@ def test_load_bad_arguments():
     for bad in (0.0, 1.0, 1.5, -0.1):
         with pytest.raises(ValueError, match="test_fraction"):
             data.load("iris", test_fraction=bad)
+    with pytest.raises(ValueError, match="seed: must be >= 0"):
+        data.load("iris", seed=-1)
+    with pytest.raises(TypeError, match="seed: expected an integer"):
+        data.load("iris", seed=1.5)
+    # numpy integers are integers
+    assert torch.equal(
+        data.load("iris", seed=np.int64(3)).x_train, data.load("iris", seed=3).x_train
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -394,6 +402,8 @@ def test_subsample():
         ds.subsample(n_train=ds.num_train + 1)
     with pytest.raises(ValueError, match="n_test"):
         ds.subsample(n_test=0)
+    with pytest.raises(ValueError, match="seed"):
+        ds.subsample(n_train=10, seed=-1)
 
 
 def test_subsample_without_test_targets():

@@ -13,6 +13,8 @@ import torch
 matplotlib.use("Agg")
 
 from bayesdl import Posterior, diagnostics, likelihoods, priors
+from bayesdl import posterior as posterior_module
+from bayesdl._memory import PROBE_DRAWS, forward_cost
 from bayesdl.arviz_bridge import import_arviz
 from bayesdl.models import BNN, MLP
 
@@ -241,3 +243,156 @@ def test_evaluate_ood_checks_its_argument():
         reg.evaluate(xr, yr, ood_x=xr)
     with pytest.raises(ValueError, match="member_probs"):
         reg.predict(xr).member_probs()
+
+
+# ------------------------------------------------------------------ memory of predict
+def _planned(
+    monkeypatch: pytest.MonkeyPatch, hidden: int, draws: int, rows: int = 4000
+) -> tuple[int, int]:
+    """Default (draws, rows) per forward pass of predict under a 4 MiB budget."""
+    monkeypatch.setattr(posterior_module, "PREDICT_MEMORY_BUDGET", 4 * 2**20)
+    torch.manual_seed(0)
+    bnn = BNN(MLP(10, [hidden], 1, "tanh"), priors.Gaussian(1.0), likelihoods.Gaussian(0.5))
+    post = Posterior(torch.zeros(1, draws, bnn.num_params), bnn)
+    return post._chunks(bnn.check_inputs(torch.randn(rows, 10)), None)
+
+
+def test_default_chunk_shrinks_as_draws_and_activations_grow(monkeypatch):
+    few_draws = _planned(monkeypatch, hidden=20, draws=10)
+    many_draws = _planned(monkeypatch, hidden=20, draws=100)
+    wide = _planned(monkeypatch, hidden=200, draws=100)
+    # all draws at once, over chunks of rows: ten times the draws, about a tenth of the rows
+    assert few_draws[0] == 10 and many_draws[0] == 100
+    assert few_draws[1] < 4000 and many_draws[1] < few_draws[1] / 5
+    # ten times the hidden units: fewer (draw, row) pairs per pass
+    assert wide[0] * wide[1] < many_draws[0] * many_draws[1] / 5
+    # small problems run in one pass; an explicit chunk_size (draws, at all rows) wins
+    assert _planned(monkeypatch, hidden=20, draws=10, rows=50) == (10, 50)
+    post, x, _ = _regression()
+    assert post._chunks(post.bnn.check_inputs(x), 7) == (7, 12)
+
+
+def test_forward_cost_counts_the_hidden_activations():
+    torch.manual_seed(0)
+    costs = {}
+    x = torch.randn(16, 10)
+    for hidden in (20, 200):
+        bnn = BNN(MLP(10, [hidden], 1, "tanh"), priors.Gaussian(1.0), likelihoods.Gaussian())
+        theta = torch.zeros(PROBE_DRAWS, bnn.num_params)
+
+        def forward(p: int, r: int, bnn: BNN = bnn, theta: torch.Tensor = theta) -> torch.Tensor:
+            return bnn.forward(theta[:p], x[:r])
+
+        costs[hidden] = forward_cost(forward, 16)
+    for hidden, cost in costs.items():
+        # at the peak at least one (draws, rows, hidden) float32 activation is held, and no
+        # more than the few tensors a layer makes (matmul, bias, tanh, output)
+        assert 4 * hidden <= cost.per_draw_row <= 4 * (4 * hidden + 4)
+    assert costs[200].per_draw_row > 5 * costs[20].per_draw_row
+
+
+@pytest.mark.parametrize("budget", [2**20, 1])
+def test_predict_in_chunks_of_rows_and_draws_matches_one_pass(monkeypatch, budget):
+    post, _, _ = _regression(learned=True)
+    x = torch.randn(300, 2)
+    whole = post.predict(x, chunk_size=C * S)
+    monkeypatch.setattr(posterior_module, "PREDICT_MEMORY_BUDGET", budget)
+    draws, rows = post._chunks(x, None)
+    assert rows < 300 and (draws < C * S) == (budget == 1)
+    chunked = post.predict(x)
+    torch.testing.assert_close(chunked.samples, whole.samples, rtol=0, atol=0)
+    torch.testing.assert_close(chunked.std, whole.std)
+
+
+def test_chunk_size_must_be_a_positive_integer():
+    post, x, y = _regression()
+    clf, xc, _ = _classifier()
+    for bad, error in ((0, ValueError), (-1, ValueError), (1.5, TypeError), (True, TypeError)):
+        with pytest.raises(error, match="chunk_size"):
+            post.predict(x, chunk_size=bad)
+        with pytest.raises(error, match="chunk_size"):
+            post.evaluate(x, y, chunk_size=bad)
+        with pytest.raises(error, match="chunk_size"):
+            clf.predict(xc).member_statistics(chunk_size=bad)
+
+
+# ------------------------------------------------------------------ clear errors
+def test_posterior_refuses_non_finite_draws_and_a_non_bnn():
+    post, _, _ = _regression()
+    bad = post.theta.clone()
+    bad[1, 3, 0] = float("nan")
+    with pytest.raises(ValueError, match="theta: contains 1 NaN"):
+        Posterior(bad, post.bnn)
+    assert Posterior(bad, post.bnn, partial=True).partial  # the draw that stopped a run
+    with pytest.raises(TypeError, match=r"bnn: expected a bayesdl\.models\.BNN"):
+        Posterior(post.theta, "my net")
+
+
+def test_evaluate_and_to_arviz_check_y_scale_and_seed():
+    post, x, y = _regression()
+    with pytest.raises(TypeError, match="y_scale"):
+        post.evaluate(x, y, y_scale="abc")
+    with pytest.raises(ValueError, match="y_scale"):
+        post.evaluate(x, y, y_scale=-1.0)
+    with pytest.raises(TypeError, match="seed"):
+        post.to_arviz(x, y, seed="a")
+    with pytest.raises(ValueError, match="seed"):
+        post.predict(x).sample(seed=-1)
+
+
+def test_save_checks_path_and_creates_missing_folders(tmp_path):
+    post, _, _ = _regression()
+    with pytest.raises(TypeError, match="path: expected a file path"):
+        post.save(None)
+    with pytest.raises(ValueError, match=r"path: .* is a folder"):
+        post.save(tmp_path)
+    nested = tmp_path / "runs" / "one" / "post.pt"
+    post.save(nested)
+    assert torch.equal(Posterior.load(nested).theta, post.theta)
+
+
+def test_load_refuses_damaged_and_foreign_files(tmp_path):
+    post, _, _ = _regression()
+    good = tmp_path / "post.pt"
+    post.save(good)
+    raw = good.read_bytes()
+    (tmp_path / "truncated.pt").write_bytes(raw[: len(raw) // 2])
+    corrupted = bytearray(raw)
+    corrupted[100:400] = bytes(300)
+    (tmp_path / "corrupted.pt").write_bytes(bytes(corrupted))
+    (tmp_path / "notes.txt").write_text("not a posterior")
+    torch.save(torch.zeros(3), tmp_path / "tensor.pt")
+    torch.save({"format": "other/1"}, tmp_path / "other.pt")
+    for name in ("truncated.pt", "corrupted.pt", "notes.txt", "tensor.pt", "other.pt"):
+        with pytest.raises(ValueError, match=rf"path: .*{name}.* not a .*saved bayesdl Posterior"):
+            Posterior.load(tmp_path / name)
+    with pytest.raises(ValueError, match=r"path: .* is a folder"):
+        Posterior.load(tmp_path)
+    with pytest.raises(FileNotFoundError, match="path: no file"):
+        Posterior.load(tmp_path / "missing.pt")
+    with pytest.raises(TypeError, match="path"):
+        Posterior.load(None)
+    with pytest.raises(TypeError, match=r"bnn: expected a bayesdl\.models\.BNN"):
+        Posterior.load(good, bnn="my net")
+    payload = torch.load(good, weights_only=True)
+    payload["bnn"] = b"not a pickle"
+    torch.save(payload, tmp_path / "bad_bnn.pt")
+    with pytest.raises(ValueError, match=r"path: the BNN stored .* bnn=\.\.\."):
+        Posterior.load(tmp_path / "bad_bnn.pt")
+
+
+def test_load_checks_the_parameter_layout(tmp_path):
+    post, x, _ = _regression()
+    post.save(tmp_path / "post.pt")
+    # 2-6-1 and 4-4-1 both have D=25 parameters, in differently shaped sites
+    other = BNN(MLP(4, [4], 1, "tanh"), priors.Gaussian(1.0), likelihoods.Gaussian(0.5))
+    assert other.num_params == post.num_params
+    with pytest.raises(ValueError, match=r"bnn: .*site 0 is 'layers.0.weight' of shape \(6, 2\)"):
+        Posterior.load(tmp_path / "post.pt", bnn=other)
+    # a file from before layouts were saved loads, with a warning that it cannot be checked
+    payload = torch.load(tmp_path / "post.pt", weights_only=True)
+    del payload["layout"]
+    torch.save(payload, tmp_path / "old.pt")
+    with pytest.warns(UserWarning, match="without its parameter layout"):
+        old = Posterior.load(tmp_path / "old.pt", bnn=post.bnn)
+    assert torch.equal(old.predict(x).samples, post.predict(x).samples)
