@@ -227,10 +227,15 @@ def particle_problems(initial: Tensor, final: Tensor, log_joint: Tensor, lr: flo
     bad = (~torch.isfinite(log_joint)).nonzero().flatten().tolist()
     if not (grown or bad or not math.isfinite(end)):
         return []
+    facts = []
+    if grown or not math.isfinite(end):
+        facts.append(f"the particles exploded: their RMS size went from {start:.3g} to {end:.3g}")
+    if bad:
+        facts.append(f"the log joint is not finite for particle(s) {bad}")
     return [
-        f"lr: the particles exploded (their RMS size went from {start:.3g} to {end:.3g}; "
-        f"log joint not finite for particle(s) {bad}), so they are not posterior draws. Lower "
-        f"the learning rate (lr={lr:g}; the default 1e-2 with Adam), or tighten the prior"
+        f"lr: {'; '.join(facts)}. They are not posterior draws. Lower the learning rate "
+        f"(lr={lr:g}; the default is 1e-2 with Adam), tighten the prior, or check the "
+        "network's outputs"
     ]
 
 

@@ -77,8 +77,10 @@ from bayesdl.likelihoods import Categorical
 from bayesdl.models import BNN
 from bayesdl.posterior import Posterior
 
-from .base import Backend, Callback, Driver, finish
+from .base import Backend, Callback, Driver, as_callbacks, finish
+from .checks import check_bnn, check_start
 from .compilation import compile_step, skip_guard_checks
+from .health import particle_problems, warn_all
 from .kernels import RBF, Hybrid, Kernel, KernelMatrix, pair_median, pairwise_sq_dists
 from .ssge import kde_score, sge_score, ssge_score
 from .svgd_targets import (
@@ -197,7 +199,8 @@ class SVGD(Backend):
     Parameters
     ----------
     particles
-        Number of particles ``P`` (the draws of the result).
+        Number of particles ``P`` (the draws of the result): at least 2 with a kernel; 1 is
+        allowed for ``kernel=None`` (a single MAP fit).
     kernel
         ``"weight"`` (RBF on ``theta``), ``"function"`` (RBF on the outputs at the measurement
         set), ``"hybrid"`` (weight-space driving kernel, function-space repulsion), a
@@ -236,7 +239,7 @@ class SVGD(Backend):
     anneal
         Annealing of the driving term, see :func:`annealing`.
     anneal_steps
-        Length of the annealing phase (default: half the steps).
+        Length of the annealing phase, a positive integer (default: half the steps).
     update
         ``"svgd"``, or a Wasserstein-gradient-descent (repulsive ensemble) update with a
         ``"wgd-kde"``, ``"wgd-sge"`` or ``"wgd-ssge"`` estimate of the particles' density
@@ -258,7 +261,7 @@ class SVGD(Backend):
         exactly, e.g. :class:`~bayesdl.inference.ssge.GaussianProcessScore`.
     prior_draws
         Prior draws per step for SSGE (default: ``particles``, as D'Angelo et al., whose code
-        draws as many prior functions as there are particles).
+        draws as many prior functions as there are particles; at least 2).
     ssge_eta
         Ridge of the SSGE/SGE estimates (:func:`~bayesdl.inference.ssge.ssge_score`): 0.01 as
         in D'Angelo et al. The SSGE kernel is an RBF with the median heuristic
@@ -349,6 +352,12 @@ class SVGD(Backend):
             raise ValueError(f"init: expected one of {_INITS} or a callable, got {init!r}")
         self.init = init
         self.kernel = _resolve_kernel(kernel)
+        if self.particles < 2 and self.kernel is not None:
+            raise ValueError(
+                f"particles: SVGD needs at least 2 particles (its kernel compares them and its "
+                f"bandwidth is their median distance), got {self.particles}; for a single "
+                "network use kernel=None (a MAP fit) or VI"
+            )
         if function_space not in _FUNCTION_SPACES:
             raise ValueError(
                 f"function_space: expected one of {_FUNCTION_SPACES}, got {function_space!r}"
@@ -381,13 +390,17 @@ class SVGD(Backend):
         self._check_measurement(measurement, measurement_size)
         self.measurement = measurement
         self.measurement_size = measurement_size
-        self.anneal_steps = max(self.steps // 2, 1) if anneal_steps is None else anneal_steps
+        self.anneal_steps = (
+            max(self.steps // 2, 1)
+            if anneal_steps is None
+            else check_count("anneal_steps", anneal_steps)
+        )
         self._schedule = annealing(anneal, self.anneal_steps)
         self.anneal = anneal
         if not (prior_score == "ssge" or callable(prior_score)):
             raise ValueError(f"prior_score: expected 'ssge' or a callable, got {prior_score!r}")
         self.prior_score = prior_score
-        self.prior_draws = self.particles if prior_draws is None else prior_draws
+        self.prior_draws = max(self.particles, 2) if prior_draws is None else prior_draws
         check_count("prior_draws", self.prior_draws, minimum=2)
         self.ssge_eta = check_positive("ssge_eta", ssge_eta)
         if ssge_threshold is not None:
@@ -480,8 +493,7 @@ class SVGD(Backend):
             tempered log joint of each final particle on the last minibatch); marked partial
             after Ctrl-C.
         """
-        if not isinstance(bnn, BNN):
-            raise TypeError(f"bnn: expected a bayesdl BNN, got {type(bnn).__name__}")
+        bnn = check_bnn(bnn)
         x, y = bnn.check_data(x, y)
         inputs.require_tensor(x, "SVGD")
         function_score = isinstance(self.kernel, Kernel) and self.kernel.space == "function"
@@ -515,16 +527,14 @@ class SVGD(Backend):
             num_data = x.shape[0]
         elif check_count("num_data", num_data) < x.shape[0]:
             raise ValueError(f"num_data: {num_data} is smaller than the {x.shape[0]} examples")
-        if isinstance(self.measurement, Tensor):
-            measurement = bnn.check_inputs(self.measurement)
-        else:
-            measurement = self.measurement
+        measurement = _checked_measurement(bnn, self.measurement)
         # Independent streams: initial particles, minibatches, measurement points, prior draws
         # and Langevin noise.
         seeds = child_seeds(seed, 5)
         theta = self._initial(init_theta, bnn.num_params, bnn.dtype, bnn.device)
         if theta is None:
             theta = self._draw_initial(bnn, seeds[0])
+        check_start(bnn, theta, x, y)
         target = self._target(bnn, x, y, num_data, measurement, seeds[1:4])
         return self._run(target, theta, bnn, seeds[4], progress, callbacks)
 
@@ -641,7 +651,9 @@ class SVGD(Backend):
         progress: bool,
         callbacks: Sequence[Callback],
     ) -> Posterior:
+        callbacks = as_callbacks(callbacks)
         theta = theta.detach().clone()
+        start = theta.clone()
         try:
             optimizer = self.optimizer([theta], lr=self.lr, **self.optimizer_kwargs)
         except (TypeError, ValueError) as err:
@@ -701,6 +713,8 @@ class SVGD(Backend):
         final = theta.detach()
         batch = last_batch[0] if last_batch[0] is not None else target.next_batch()
         lp = target.log_joint(final, batch)
+        if outcome.reason != "non-finite":  # that raises NonFiniteError below
+            warn_all(particle_problems(start, final, lp, self.lr), stacklevel=4)
         posterior = Posterior(
             final[None],
             bnn,
@@ -836,6 +850,18 @@ class SVGD(Backend):
         if self.stochastic:
             phi = phi + self._langevin(kd, theta, noise)
         return phi, {"lp": lp, "bandwidth": kr.bandwidth}
+
+
+def _checked_measurement(bnn: BNN, measurement: MeasurementLike) -> MeasurementLike:
+    """A tensor of measurement inputs checked as the BNN's inputs (errors name
+    ``measurement``); a callable or ``None`` as it is."""
+    if not isinstance(measurement, Tensor):
+        return measurement
+    try:
+        return bnn.check_inputs(measurement)
+    except (TypeError, ValueError) as err:
+        message = str(err).removeprefix("x: ")
+        raise type(err)(f"measurement: {message}") from err
 
 
 def _matrix_sqrt(k: Tensor) -> Tensor:

@@ -87,6 +87,9 @@ def gaussian_log_density(theta: torch.Tensor) -> torch.Tensor:
         ({"kernel": "function", "measurement_size": 3}, "measurement_size"),
         ({"anneal": "cosine"}, "anneal"),
         ({"anneal": "linear", "anneal_steps": 0}, "anneal_steps"),
+        ({"anneal_steps": -3}, "anneal_steps"),  # checked even without annealing
+        ({"anneal_steps": 2.5}, "anneal_steps"),
+        ({"particles": 1}, "particles: SVGD needs at least 2"),
         ({"prior_score": "gp"}, "prior_score"),
         ({"prior_draws": 1}, "prior_draws"),
         ({"ssge_eta": 0.0}, "ssge_eta"),
@@ -123,6 +126,31 @@ def test_fit_checks_its_arguments_before_any_work():
         noisy, x, y.to(DTYPE), seed=0, progress=False
     )
     assert torch.isfinite(post.theta).all()
+
+
+def test_a_single_particle_is_a_map_fit_without_a_kernel():
+    bnn, x, y = classifier()
+    post = SVGD(particles=1, kernel=None, steps=2).fit(bnn, x, y, seed=0, progress=False)
+    assert post.theta.shape == (1, 1, bnn.num_params)
+
+
+@pytest.mark.filterwarnings("ignore:measurement. points away:UserWarning")
+def test_bad_measurement_inputs_are_named_measurement():
+    bnn, x, y = classifier()
+    bad = x[:5].clone()
+    bad[0, 0] = math.nan
+    with pytest.raises(ValueError, match=r"^measurement: contains 1 NaN"):
+        SVGD(particles=3, kernel="function", measurement=bad).fit(bnn, x, y, progress=False)
+
+
+def test_exploding_particles_warn_naming_the_learning_rate():
+    bnn, x, y = classifier()
+    with pytest.warns(RuntimeWarning, match=r"lr: the particles exploded.*Lower the learning"):
+        post = SVGD(particles=3, steps=20, lr=1e6).fit(bnn, x, y, seed=0, progress=False)
+    assert post.theta.abs().max() > 1e3  # the warning is about a real explosion
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        SVGD(particles=3, steps=20).fit(bnn, x, y, seed=0, progress=False)
 
 
 def test_sample_checks_its_arguments():
