@@ -38,7 +38,8 @@ from bayesdl._checks import check_count, check_positive
 from bayesdl._seeding import child_seeds, seeded
 from bayesdl.posterior import Posterior
 
-from .base import Backend, Callback, Driver, Minibatches, RunOutcome, finish
+from .base import Backend, Callback, Driver, Minibatches, RunOutcome, as_callbacks, finish
+from .checks import check_bnn, check_start
 from .elbo import ElboEstimate, FunctionalELBO
 from .optim import (
     check_kl_anneal,
@@ -260,13 +261,16 @@ class VI(Backend):
             ``(1, draws, D)`` draws from the fitted guide, ``kind="variational"``; marked
             partial after Ctrl-C (the draws then come from the guide as it was).
         """
+        bnn = check_bnn(bnn)
         x, y = bnn.check_data(x, y)
         inputs.require_tensor(x, type(self).__name__)
+        callbacks = as_callbacks(callbacks)
         num_data = _check_num_data(num_data, x.shape[0])
         self._check_model(bnn)
         seeds = child_seeds(seed, 5)
         batches = Minibatches(x, y, self.batch_size, seeds[_SEED_BATCHES])
         family = self._initial_guide(bnn, seeds[_SEED_INIT])
+        check_start(bnn, family.loc.detach()[None], x, y)
         trace: list[float] = []
         with seeded(seeds[_SEED_NOISE]):
             runner = _Runner(self, bnn, family, batches, num_data, seeds, trace)

@@ -237,6 +237,7 @@ class BNN:
             }
             chosen.distribution(name, param, modules[owner], example)
             specs.append(SiteSpec(name, param.shape))
+        self.prior.check_names([n for n, _ in net.named_parameters() if n not in kept])
         for site, d in likelihood.latent_sites().items():
             specs.append(_latent_spec(site, d, "the likelihood"))
         if not weights:

@@ -280,6 +280,21 @@ def test_dict_rule_without_default_requires_every_parameter():
         _mlp_bnn({"*": None})
 
 
+def test_a_pattern_matching_no_parameter_is_an_error_listing_the_names():
+    """A typo ("laers" for "layers") would otherwise leave its prior silently unused."""
+    typo = priors.Select({"laers.0.*": priors.Laplace(1.0)}, default=priors.Gaussian(1.0))
+    with pytest.raises(
+        ValueError,
+        match=r"^prior: the pattern 'laers\.0\.\*' matches no .*"
+        r"'layers\.0\.weight', 'layers\.0\.bias'",
+    ):
+        _mlp_bnn(typo)
+    with pytest.raises(ValueError, match=r"'conv9\.weight' matches no parameter"):
+        _mlp_bnn({"*": priors.Gaussian(1.0), "conv9.weight": priors.Gaussian(2.0)})
+    # a pattern shadowed by an earlier one still matches a parameter: accepted
+    _mlp_bnn(priors.Select({"*": priors.Gaussian(1.0), "layers.0.*": priors.Laplace(1.0)}))
+
+
 def test_fan_in_scaling():
     net = ConvNet(2, 3, channels=(4, 5), image_size=8)
     d = priors.Gaussian(2.0, fan_in=True).distribution(

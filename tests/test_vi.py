@@ -12,7 +12,7 @@ from torch import nn
 
 from bayesdl import Posterior, likelihoods, priors
 from bayesdl._seeding import seeded
-from bayesdl.inference import NonFiniteError, StepEvent
+from bayesdl.inference import SSVI, NonFiniteError, StepEvent
 from bayesdl.inference.elbo import FunctionalELBO, expected_log_prob, has_closed_form
 from bayesdl.inference.local_reparam import LayerNoise, local_reparameterization
 from bayesdl.inference.optim import kl_weight
@@ -317,10 +317,18 @@ def test_ctrl_c_returns_draws_from_the_guide_so_far():
 
 def test_non_finite_elbo_raises_with_the_guide_before_it():
     bnn, x, y = _regression()
-    with pytest.raises(NonFiniteError, match="fit step 0") as err:
-        VI(steps=5, draws=3).fit(bnn, x, y * 1e200, seed=0, progress=False)
+    with pytest.raises(NonFiniteError, match="fit step 1") as err:
+        VI(steps=5, draws=3, lr=1e30).fit(bnn, x, y, seed=0, progress=False)
     post = err.value.posterior
     assert post.partial and torch.isfinite(post.theta).all()
+
+
+@pytest.mark.parametrize("backend", [VI, SSVI])
+def test_targets_that_overflow_the_likelihood_are_named_y(backend):
+    """A huge but finite y (float64) fails up front naming y, not as a non-finite step."""
+    bnn, x, y = _regression()
+    with pytest.raises(ValueError, match=r"^y: the likelihood overflows.*Standardise y"):
+        backend(steps=5, draws=3).fit(bnn, x, y * 1e200, seed=0, progress=False)
 
 
 def test_kl_annealing_schedules():

@@ -18,7 +18,7 @@ from __future__ import annotations
 import fnmatch
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from pyro.distributions import Distribution
@@ -148,6 +148,14 @@ class PriorRule(ABC):
     def __call__(self, name: str, param: Tensor, module: nn.Module) -> Prior | None:
         """The prior for parameter ``name``."""
 
+    def check_names(self, names: Sequence[str]) -> None:
+        """Raise ``ValueError`` if the rule does not fit a network with these parameter names.
+
+        ``BNN`` calls it with the names it offered the rule, after choosing every prior. The
+        default accepts any names.
+        """
+        return None
+
 
 _UNSET = object()
 
@@ -212,6 +220,16 @@ class Select(PriorRule):
         raise ValueError(
             f"prior: no rule matches parameter {name!r}; add a pattern for it or a default"
         )
+
+    def check_names(self, names: Sequence[str]) -> None:
+        """Raise ``ValueError`` naming any name pattern that matches none of ``names`` (a typo
+        would otherwise leave its prior unused); predicates are not checked."""
+        for key in self.rules:
+            if isinstance(key, str) and not any(fnmatch.fnmatchcase(n, key) for n in names):
+                raise ValueError(
+                    f"prior: the pattern {key!r} matches no parameter of the network; its "
+                    f"parameters are {list(names)} (patterns are fnmatch globs on these names)"
+                )
 
     def __repr__(self) -> str:
         parts = [repr(self.rules)]
