@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ._checks import as_tensor, check_count, check_finite
 from .arviz_bridge import import_arviz
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -45,14 +46,54 @@ def _class_probs(probs: Tensor) -> Tensor:
     return torch.stack([1 - probs, probs], dim=-1) if probs.dim() == 1 else probs
 
 
+def _check_rows(name: str, value: Tensor, y: Tensor) -> None:
+    if value.dim() == 0 or y.dim() == 0 or value.shape[0] != y.shape[0] or len(y) == 0:
+        raise ValueError(
+            f"{name}: has shape {tuple(value.shape)} but y has {tuple(y.shape)}; they need the "
+            "same number of rows (one per example), at least one"
+        )
+
+
+def _check_classification(probs: object, y: object) -> tuple[Tensor, Tensor]:
+    """Validate predictive class probabilities ``(N, C)`` (or ``(N,)`` for class 1) and labels
+    ``(N,)``; return them as ``(N, C)`` probabilities and long labels."""
+    probs, y = as_tensor("probs", probs).detach(), as_tensor("y", y).detach()
+    if not probs.is_floating_point() or probs.dim() not in (1, 2):
+        raise TypeError(
+            f"probs: expected class probabilities of shape (N, C), or (N,) for class 1 of a "
+            f"binary classifier (Predictive.mean), got dtype {probs.dtype} and shape "
+            f"{tuple(probs.shape)}"
+        )
+    y = y[:, 0] if y.dim() == 2 and y.shape[1] == 1 else y
+    _check_rows("probs", probs, y)
+    probs = _class_probs(probs)
+    _check_probability_values("probs", probs)
+    labels = y.long()
+    if y.dim() != 1 or bool((labels != y).any()) or bool((labels < 0).any()):
+        raise ValueError(f"y: expected integer class labels of shape (N,), got {tuple(y.shape)}")
+    if int(labels.max()) >= probs.shape[-1]:
+        raise ValueError(
+            f"y: label {int(labels.max())} is out of range for {probs.shape[-1]} classes"
+        )
+    return probs, labels
+
+
 def rmse(mean: Tensor, y: Tensor) -> float:
     r"""Root mean squared error :math:`\sqrt{\frac1N\sum_n \lVert \bar y_n - y_n \rVert^2 / d}`."""
+    mean, y = as_tensor("mean", mean), as_tensor("y", y)
+    _check_rows("mean", mean, y)
+    if mean.numel() != y.numel():
+        raise ValueError(
+            f"mean: has shape {tuple(mean.shape)} but y has {tuple(y.shape)}; give one "
+            "predicted value per target"
+        )
     return float(torch.sqrt(torch.mean((mean.reshape(y.shape) - y) ** 2)))
 
 
 def accuracy(probs: Tensor, y: Tensor) -> float:
     """Fraction of targets equal to the most probable class."""
-    return float((_class_probs(probs).argmax(-1) == y.long()).double().mean())
+    probs, y = _check_classification(probs, y)
+    return float((probs.argmax(-1) == y).double().mean())
 
 
 def expected_calibration_error(probs: Tensor, y: Tensor, bins: int = 15) -> float:
@@ -65,9 +106,10 @@ def expected_calibration_error(probs: Tensor, y: Tensor, bins: int = 15) -> floa
     where :math:`S_b` holds the examples whose top-class probability falls in bin ``b`` of
     ``(0, 1]``.
     """
-    probs = _class_probs(probs)
+    probs, y = _check_classification(probs, y)
+    bins = check_count("bins", bins)
     confidence, predicted = probs.max(-1)
-    correct = (predicted == y.long()).double()
+    correct = (predicted == y).double()
     edges = torch.linspace(0, 1, bins + 1, dtype=confidence.dtype, device=confidence.device)
     index = torch.bucketize(confidence, edges[1:-1], right=False)
     ece = 0.0
@@ -83,8 +125,8 @@ def expected_calibration_error(probs: Tensor, y: Tensor, bins: int = 15) -> floa
 
 def brier_score(probs: Tensor, y: Tensor) -> float:
     r"""Multi-class Brier score :math:`\frac1N\sum_n\sum_c (p_{nc} - [y_n = c])^2`."""
-    probs = _class_probs(probs)
-    onehot = torch.nn.functional.one_hot(y.long(), probs.shape[-1]).to(probs.dtype)
+    probs, y = _check_classification(probs, y)
+    onehot = torch.nn.functional.one_hot(y, probs.shape[-1]).to(probs.dtype)
     return float(((probs - onehot) ** 2).sum(-1).mean())
 
 
@@ -104,8 +146,11 @@ def ood_auroc(score_in: Tensor, score_out: Tensor) -> float:
     from scipy.stats import rankdata
 
     score_in, score_out = (
-        torch.as_tensor(s).detach().cpu().double() for s in (score_in, score_out)
+        as_tensor(name, s).detach().cpu().double().reshape(-1)
+        for name, s in (("score_in", score_in), ("score_out", score_out))
     )
+    check_finite("score_in", score_in)
+    check_finite("score_out", score_out)
     scores = np.concatenate([score_in.numpy(), score_out.numpy()])
     ranks = rankdata(scores)
     n_in, n_out = len(score_in), len(score_out)
@@ -140,13 +185,20 @@ def _check_member_probs(member_probs: object, name: str = "member_probs") -> Ten
     probs = probs.detach().double()
     if probs.dim() == 2:
         probs = torch.stack([1 - probs, probs], dim=-1)
-    if not bool(torch.isfinite(probs).all()):
-        raise ValueError(f"{name}: contains NaN or infinite values")
-    if bool((probs < 0).any()) or bool((probs > 1).any()):
-        raise ValueError(f"{name}: probabilities must lie in [0, 1]")
-    if bool(((probs.sum(-1) - 1).abs() > _SUM_TOLERANCE).any()):
-        raise ValueError(f"{name}: class probabilities must sum to 1 over the last dimension")
+    _check_probability_values(name, probs)
     return probs
+
+
+def _check_probability_values(name: str, probs: Tensor) -> None:
+    """Class probabilities: finite, in [0, 1], summing to 1 over the last dimension."""
+    check_finite(name, probs)
+    if bool((probs < 0).any()) or bool((probs > 1).any()):
+        raise ValueError(f"{name}: probabilities must lie in [0, 1] (logits given?)")
+    if bool(((probs.sum(-1) - 1).abs() > _SUM_TOLERANCE).any()):
+        raise ValueError(
+            f"{name}: class probabilities must sum to 1 over the last dimension (logits given? "
+            "apply softmax first)"
+        )
 
 
 def _log(probs: Tensor) -> Tensor:

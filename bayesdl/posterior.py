@@ -343,6 +343,7 @@ class Posterior:
         draws, rows = self._chunks(x, chunk_size)
         chunks = [f for f, _ in self._output_chunks(x, draws, rows)]
         f = chunks[0] if len(chunks) == 1 else torch.cat(chunks)
+        _warn_non_finite(f)
         samples = f.reshape(self.num_chains, self.num_draws, *f.shape[1:])
         return Predictive(
             samples, bnn.likelihood, self._latents(), lambda y: bnn.check_data(x, y)[1]
@@ -477,6 +478,11 @@ class Posterior:
                     f"{dict(inputs.row_shapes(x))}"
                 )
         pred = self.predict(x, chunk_size=chunk_size)
+        if not bool(torch.isfinite(pred.samples).all()):
+            raise ValueError(
+                "evaluate: the network's outputs at x are NaN or infinite for some draws (see "
+                "the warning of predict); drop those draws before computing metrics"
+            )
         nll = -float(pred.log_prob(y).mean())
         if bnn.likelihood.is_classifier:
             probs = pred.mean
@@ -780,6 +786,23 @@ def _check_layout(saved: list | None, bnn: BNN, path: object) -> None:
 
 def _site(site: tuple[str, tuple[int, ...]] | None) -> str:
     return "missing" if site is None else f"{site[0]!r} of shape {site[1]}"
+
+
+def _warn_non_finite(f: Tensor) -> None:
+    """Warn if the outputs ``(S, N, out)`` of some draws are not finite."""
+    finite = torch.isfinite(f).flatten(1).all(1)
+    bad = int((~finite).sum())
+    if bad:
+        first = int((~finite).nonzero()[0, 0])
+        warnings.warn(
+            f"predict: the network's outputs are NaN or infinite for {bad} of {len(f)} draws "
+            f"(the first: flat draw {first}, i.e. theta.flatten(0, 1)[{first}]), so predictions "
+            "that average over them are not finite; such draws come from a diverged run (see "
+            "posterior.partial and sample_stats) or inputs far outside the data. Keep the "
+            "finite draws with Posterior(theta, bnn), theta of shape (1, draws, D)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
 
 def _check_bnn(bnn: object) -> None:

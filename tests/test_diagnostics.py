@@ -205,3 +205,40 @@ def test_member_metrics_reject_bad_input_naming_it():
         diagnostics.ood_aurocs(good, torch.full((2, 3, 4), 0.25))
     with pytest.raises(ValueError, match="member_probs_in"):
         diagnostics.ood_aurocs(good[:, :0], good)
+
+
+def test_predictive_metrics_reject_bad_input_naming_it():
+    probs = torch.tensor([[0.7, 0.3], [0.4, 0.6], [0.9, 0.1]])
+    y = torch.tensor([0, 1, 0])
+    metrics = (
+        diagnostics.accuracy,
+        diagnostics.expected_calibration_error,
+        diagnostics.brier_score,
+    )
+    for metric in metrics:
+        with pytest.raises(ValueError, match="probs: has shape"):
+            metric(probs, torch.tensor([0, 1]))  # rows differ
+        with pytest.raises(ValueError, match=r"probs: .*sum to 1 .*softmax"):
+            metric(torch.tensor([[0.5, 0.5], [0.5, 0.1], [0.0, 0.0]]), y)
+        with pytest.raises(ValueError, match=r"probs: .*\[0, 1\] \(logits given\?\)"):
+            metric(torch.tensor([[2.0, -1.0], [0.5, 0.5], [1.0, 0.0]]), y)
+        with pytest.raises(ValueError, match="probs: contains 1 NaN"):
+            metric(torch.tensor([[0.5, 0.5], [float("nan"), 0.5], [1.0, 0.0]]), y)
+        with pytest.raises(ValueError, match="y: label 2 is out of range for 2 classes"):
+            metric(probs, torch.tensor([0, 2, 1]))
+        with pytest.raises(ValueError, match="y: expected integer class labels"):
+            metric(probs, torch.tensor([0.5, 1.0, 0.0]))
+        with pytest.raises(TypeError, match="probs"):
+            metric(torch.zeros(3, 2, 2), y)
+    # whole-number float labels and (N, 1) labels are labels
+    assert diagnostics.accuracy(probs, torch.tensor([[0.0], [1.0], [0.0]])) == 1.0
+    with pytest.raises(ValueError, match="bins"):
+        diagnostics.expected_calibration_error(probs, y, bins=0)
+    with pytest.raises(ValueError, match="mean: has shape"):
+        diagnostics.rmse(torch.zeros(3, 2), torch.zeros(3))
+    with pytest.raises(ValueError, match="mean: has shape"):
+        diagnostics.rmse(torch.zeros(4), torch.zeros(3))
+    with pytest.raises(TypeError, match="mean"):
+        diagnostics.rmse("abc", torch.zeros(3))
+    with pytest.raises(ValueError, match="score_out: contains 1 NaN"):
+        diagnostics.ood_auroc(torch.zeros(3), torch.tensor([0.0, float("nan")]))

@@ -396,3 +396,17 @@ def test_load_checks_the_parameter_layout(tmp_path):
     with pytest.warns(UserWarning, match="without its parameter layout"):
         old = Posterior.load(tmp_path / "old.pt", bnn=post.bnn)
     assert torch.equal(old.predict(x).samples, post.predict(x).samples)
+
+
+def test_non_finite_predictions_warn_in_predict_and_stop_evaluate():
+    post, x, y = _regression()
+    theta = post.theta.clone()
+    theta[0, 2] = float("inf")  # one draw whose outputs are not finite
+    bad = Posterior(theta, post.bnn, partial=True)
+    with pytest.warns(RuntimeWarning, match=r"predict: .*for 1 of 120 draws .*flat draw 2"):
+        bad.predict(x)
+    with (
+        pytest.warns(RuntimeWarning, match="predict"),
+        pytest.raises(ValueError, match=r"evaluate: .*NaN or infinite"),
+    ):
+        bad.evaluate(x, y)
