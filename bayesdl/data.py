@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._checks import check_count, check_probability
+from ._checks import as_tensor, check_count, check_probability
 
 __all__ = [
     "UCI_NAMES",
@@ -173,7 +173,7 @@ class Dataset:
         Tensor
             ``y * y_std + y_mean``, or ``y`` unchanged if the targets were not standardised.
         """
-        y = torch.as_tensor(y)
+        y = as_tensor("y", y)
         if self.y_std is None or self.y_mean is None:
             return y
         std = self.y_std.to(device=y.device)
@@ -302,8 +302,14 @@ def data_root(root: str | os.PathLike[str] | None = None) -> pathlib.Path:
     ------
     FileNotFoundError
         If neither ``root`` nor ``BAYESDL_DATA`` names an existing directory.
+    TypeError
+        If ``root`` is not a path.
     """
     if root is not None:
+        if not isinstance(root, (str, os.PathLike)):
+            raise TypeError(
+                f"root: expected a folder path (str or os.PathLike), got {type(root).__name__}"
+            )
         path = pathlib.Path(root).expanduser()
         if not path.is_dir():
             raise FileNotFoundError(f"root: data folder {str(path)!r} does not exist")
@@ -369,14 +375,16 @@ def load(
     Raises
     ------
     TypeError, ValueError
-        If ``name`` is unknown, ``seed`` is not an integer >= 0 or ``test_fraction`` is not
-        in (0, 1).
+        If ``name`` is unknown, ``seed`` is not an integer >= 0, ``test_fraction`` is not
+        in (0, 1), ``standardize`` is not a bool or ``dtype`` not a floating dtype.
     """
     if name not in _SKLEARN_SETS:
         raise ValueError(f"name: unknown data set {name!r}; choose one of {sorted(_SKLEARN_SETS)}")
     seed = _check_count("seed", seed, 0)
     test_fraction = check_probability("test_fraction", test_fraction)
     dtype = _check_dtype(dtype)
+    if not isinstance(standardize, (bool, np.bool_)):
+        raise TypeError(f"standardize: expected True or False, got {standardize!r}")
 
     from sklearn import datasets as skd  # imported lazily: sklearn is slow to import
 

@@ -264,6 +264,8 @@ class Posterior:
             check_finite("theta", theta)
         if kind not in KINDS:
             raise ValueError(f"kind: must be one of {KINDS}, got {kind!r}")
+        _check_mapping("sample_stats", sample_stats)
+        _check_mapping("attrs", attrs)
         stats = {}
         for name, value in (sample_stats or {}).items():
             value = torch.as_tensor(value)
@@ -564,6 +566,8 @@ class Posterior:
         coords: dict[str, Any] = {}
         if y is not None and x is None:
             raise ValueError("y: targets need their inputs x")
+        if probe is not None:
+            probe = _check_named_inputs(self._require_bnn("probe"), probe, "probe")
         probe = x if probe is None else probe
         if probe is not None:
             f = self.predict(probe).samples
@@ -803,6 +807,11 @@ def _warn_non_finite(f: Tensor) -> None:
             RuntimeWarning,
             stacklevel=3,
         )
+
+
+def _check_mapping(name: str, value: object) -> None:
+    if value is not None and not isinstance(value, Mapping):
+        raise TypeError(f"{name}: expected a dict (or None), got {type(value).__name__}")
 
 
 def _check_bnn(bnn: object) -> None:

@@ -236,6 +236,12 @@ def test_load_bad_arguments():
         data.load("iris", seed=-1)
     with pytest.raises(TypeError, match="seed: expected an integer"):
         data.load("iris", seed=1.5)
+    with pytest.raises(TypeError, match="standardize"):
+        data.load("iris", standardize="no")
+    with pytest.raises(TypeError, match="root: expected a folder path"):
+        data.data_root(3)
+    with pytest.raises(TypeError, match="y: expected a tensor"):
+        data.load("diabetes").unstandardize_y("abc")
     # numpy integers are integers
     assert torch.equal(
         data.load("iris", seed=np.int64(3)).x_train, data.load("iris", seed=3).x_train

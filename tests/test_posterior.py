@@ -326,6 +326,10 @@ def test_posterior_refuses_non_finite_draws_and_a_non_bnn():
     assert Posterior(bad, post.bnn, partial=True).partial  # the draw that stopped a run
     with pytest.raises(TypeError, match=r"bnn: expected a bayesdl\.models\.BNN"):
         Posterior(post.theta, "my net")
+    with pytest.raises(TypeError, match="attrs: expected a dict"):
+        Posterior(post.theta, post.bnn, attrs=3)
+    with pytest.raises(TypeError, match="sample_stats: expected a dict"):
+        Posterior(post.theta, post.bnn, sample_stats=[1])
 
 
 def test_evaluate_and_to_arviz_check_y_scale_and_seed():
@@ -336,6 +340,8 @@ def test_evaluate_and_to_arviz_check_y_scale_and_seed():
         post.evaluate(x, y, y_scale=-1.0)
     with pytest.raises(TypeError, match="seed"):
         post.to_arviz(x, y, seed="a")
+    with pytest.raises(ValueError, match=r"probe: expected shape \(N, \.\.\.\)"):
+        post.to_arviz(probe=torch.randn(5))
     with pytest.raises(ValueError, match="seed"):
         post.predict(x).sample(seed=-1)
 
