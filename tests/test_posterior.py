@@ -291,14 +291,15 @@ def test_forward_cost_counts_the_hidden_activations():
     assert costs[200].per_draw_row > 5 * costs[20].per_draw_row
 
 
-@pytest.mark.parametrize("budget", [2**20, 1])
-def test_predict_in_chunks_of_rows_and_draws_matches_one_pass(monkeypatch, budget):
+@pytest.mark.parametrize(("budget", "rows"), [(2**20, 300), (1, 5)])
+def test_predict_in_chunks_of_rows_and_draws_matches_one_pass(monkeypatch, budget, rows):
     post, _, _ = _regression(learned=True)
-    x = torch.randn(300, 2)
+    x = torch.randn(rows, 2)
     whole = post.predict(x, chunk_size=C * S)
     monkeypatch.setattr(posterior_module, "PREDICT_MEMORY_BUDGET", budget)
-    draws, rows = post._chunks(x, None)
-    assert rows < 300 and (draws < C * S) == (budget == 1)
+    # 1 MiB: all draws over chunks of rows; 1 byte: one draw at one row at a time
+    draws, rows_per_chunk = post._chunks(x, None)
+    assert draws == (C * S if budget > 1 else 1) and rows_per_chunk < rows
     chunked = post.predict(x)
     torch.testing.assert_close(chunked.samples, whole.samples, rtol=0, atol=0)
     torch.testing.assert_close(chunked.std, whole.std)
