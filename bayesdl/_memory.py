@@ -47,6 +47,12 @@ class _PeakBytes(TorchDispatchMode):
         self.peak = 0
         self._views: dict[int, list[int]] = {}  # storage address: [tensors alive, bytes]
 
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        # torch wraps the handler of a dispatch mode in ``torch._dynamo.disable`` unless this
+        # says no; that wrapping imports torch._dynamo (seconds) for a mode never compiled.
+        return False
+
     def __torch_dispatch__(
         self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None
     ) -> Any:
