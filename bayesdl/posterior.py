@@ -677,7 +677,7 @@ class Posterior:
         if bnn is None and payload["bnn"] is not None:
             bnn = _unpickle_bnn(payload["bnn"], path)
         elif bnn is not None:
-            _check_layout(payload.get("layout"), bnn, path)
+            _check_layout(payload, bnn, path)
         return cls(
             payload["theta"],
             bnn,
@@ -767,15 +767,19 @@ def _layout(bnn: BNN) -> list[list[Any]]:
     return [[site.name, list(site.shape)] for site in bnn.layout.sites]
 
 
-def _check_layout(saved: list | None, bnn: BNN, path: object) -> None:
-    """Check that ``bnn`` has the parameter layout saved with the draws."""
-    if saved is None:
+def _check_layout(payload: Mapping[str, Any], bnn: BNN, path: object) -> None:
+    """Check that ``bnn`` has the parameter layout saved with the draws (files of a posterior
+    without a BNN have none: only the number of parameters is checked then)."""
+    saved = payload.get("layout")
+    if "layout" not in payload:
         warnings.warn(
             f"load: {_describe(path)} was saved without its parameter layout (by an older "
             "bayesdl), so it cannot be checked that its draws belong to this bnn; save it "
             "again to store the layout",
             stacklevel=3,
         )
+        return
+    if saved is None:
         return
     expected = [(str(name), tuple(shape)) for name, shape in saved]
     actual = [(name, tuple(shape)) for name, shape in _layout(bnn)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import matplotlib
 import numpy as np
@@ -403,6 +404,11 @@ def test_load_checks_the_parameter_layout(tmp_path):
     with pytest.warns(UserWarning, match="without its parameter layout"):
         old = Posterior.load(tmp_path / "old.pt", bnn=post.bnn)
     assert torch.equal(old.predict(x).samples, post.predict(x).samples)
+    # draws saved without a BNN (a bare log density) take one on load, quietly
+    Posterior(post.theta).save(tmp_path / "bare.pt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert Posterior.load(tmp_path / "bare.pt", bnn=post.bnn).bnn is post.bnn
 
 
 def test_non_finite_predictions_warn_in_predict_and_stop_evaluate():
