@@ -15,7 +15,7 @@ import os
 import pathlib
 import pickle
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -343,8 +343,8 @@ class Posterior:
         bnn = self._require_bnn("predict")
         x = bnn.check_inputs(x)
         draws, rows = self._chunks(x, chunk_size)
-        chunks = [f for f, _ in self._output_chunks(x, draws, rows)]
-        f = chunks[0] if len(chunks) == 1 else torch.cat(chunks)
+        chunks = (f for f, _ in self._output_chunks(x, draws, rows))
+        f = _concatenate(chunks, self.num_chains * self.num_draws)
         _warn_non_finite(f)
         samples = f.reshape(self.num_chains, self.num_draws, *f.shape[1:])
         return Predictive(
@@ -400,7 +400,7 @@ class Posterior:
         values = bnn.unravel(theta)
         f: Tensor | None = None
         for j in range(0, n, rows):
-            with torch.no_grad():  # x is checked: the forward pass of the probes, unchecked
+            with torch.no_grad():  # x was checked once: no BNN.forward checks per chunk
                 part = bnn._forward(values, inputs.take_rows(x, slice(j, j + rows)))
             if rows >= n:
                 return part
@@ -794,6 +794,22 @@ def _check_layout(payload: Mapping[str, Any], bnn: BNN, path: object) -> None:
 
 def _site(site: tuple[str, tuple[int, ...]] | None) -> str:
     return "missing" if site is None else f"{site[0]!r} of shape {site[1]}"
+
+
+def _concatenate(chunks: Iterable[Tensor], total: int) -> Tensor:
+    """Chunks ``(P_i, ...)`` with ``sum(P_i) = total`` as one tensor, written in place as they
+    come (never held twice over, as ``torch.cat`` of a list would)."""
+    out: Tensor | None = None
+    start = 0
+    for part in chunks:
+        if out is None:
+            if len(part) == total:
+                return part
+            out = part.new_empty((total, *part.shape[1:]))
+        out[start : start + len(part)] = part
+        start += len(part)
+    assert out is not None
+    return out
 
 
 def _warn_non_finite(f: Tensor) -> None:
