@@ -222,6 +222,8 @@ class HamiltonianBackend(Backend):
                 callbacks=callbacks,
                 desc=desc,
                 attrs=self._attrs(),
+                max_tree_depth=self._caps(True)["max_tree_depth"],
+                probe=probe if progress else None,
             )
         return run_mcmc(
             self._transition(for_bnn=True),

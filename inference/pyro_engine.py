@@ -27,10 +27,12 @@ from bayesdl._seeding import child_seeds, seeded
 from bayesdl.posterior import Posterior
 
 from .base import Callback, Driver, finish
+from .health import ProgressMonitor
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import Tensor
 
+    from bayesdl.inputs import Inputs
     from bayesdl.models import BNN
 
 __all__ = ["run_pyro_mcmc"]
@@ -102,16 +104,20 @@ def run_pyro_mcmc(
     callbacks: Sequence[Callback],
     desc: str,
     attrs: dict[str, Any],
+    max_tree_depth: int | None = None,
+    probe: Inputs | None = None,
 ) -> Posterior:
     """Run ``len(init_theta)`` chains of a Pyro HMC/NUTS kernel on ``bnn.model`` in lockstep.
 
     ``make_kernel(model, init_values)`` builds one chain's kernel (``pyro.infer.NUTS(...)``)
-    starting from the constrained values ``init_values``.
+    starting from the constrained values ``init_values``. ``max_tree_depth`` and ``probe``
+    feed the progress bar's health entries (:class:`~.health.ProgressMonitor`).
     """
     num_chains = init_theta.shape[0]
     seeds = child_seeds(seed, num_chains, stream=1)
     draws_theta: list[Tensor] = []
     stats: dict[str, list[list[Any]]] = {k: [] for k in _STATS}
+    monitor = ProgressMonitor(max_tree_depth, bnn, probe)
     with (
         torch.random.fork_rng(devices=[]),
         pyro.validation_enabled(False),
@@ -128,10 +134,9 @@ def run_pyro_mcmc(
 
         def step(stage: str, i: int) -> dict[str, Any]:
             infos = [chain.step() for chain in chains]
+            position = torch.stack([bnn.ravel(ch.params, constrained=False) for ch in chains])
             if stage == "sampling":
-                draws_theta.append(
-                    torch.stack([bnn.ravel(ch.params, constrained=False) for ch in chains])
-                )
+                draws_theta.append(position)
                 for k in _STATS:
                     stats[k].append([info[k] for info in infos])
             lp = [info["lp"] for info in infos]
@@ -143,6 +148,9 @@ def run_pyro_mcmc(
                     "step": f"{sum(i['step_size'] for i in infos) / num_chains:.2g}",
                     "accept": f"{sum(c.kernel._mean_accept_prob for c in chains) / num_chains:.2f}",
                     "div": sum(len(c.kernel._divergences) for c in chains),
+                    **monitor.update(
+                        stage, position, torch.tensor([i["tree_depth"] for i in infos])
+                    ),
                 },
             }
 
