@@ -5,6 +5,7 @@ find them.
 """
 
 from .base import Backend, Callback, NonFiniteError, StepEvent
+from .health import ConvergenceWarning
 from .hmc import HMC
 from .nuts import NUTS
 from .schedules import Constant, Cyclical
@@ -46,6 +47,7 @@ __all__ = [
     "Backend",
     "Callback",
     "Constant",
+    "ConvergenceWarning",
     "Cyclical",
     "NonFiniteError",
     "SparsePosterior",

@@ -48,6 +48,7 @@ __all__ = [
     "RHAT_MAX",
     "STUCK_ACCEPTANCE",
     "STUCK_FRACTION",
+    "ConvergenceWarning",
     "ProgressMonitor",
     "function_rhat",
     "mcmc_problems",
@@ -56,6 +57,12 @@ __all__ = [
     "split_rhat",
     "warn_all",
 ]
+
+
+class ConvergenceWarning(UserWarning):
+    """A run finished but its draws or particles are not trustworthy (the message says why and
+    what to do). A ``UserWarning``, as scikit-learn's: filter it by this class."""
+
 
 #: Warn when more than this share of the iterations hit the depth (or step) cap.
 CAP_FRACTION = 0.5
@@ -240,9 +247,10 @@ def particle_problems(initial: Tensor, final: Tensor, log_joint: Tensor, lr: flo
 
 
 def warn_all(problems: list[str], stacklevel: int = 3) -> None:
-    """Issue one ``RuntimeWarning`` per problem (``stacklevel=3``: the caller of the caller)."""
+    """Issue one :class:`ConvergenceWarning` per problem (``stacklevel=3``: the caller of the
+    caller)."""
     for message in problems:
-        warnings.warn(message, RuntimeWarning, stacklevel=stacklevel)
+        warnings.warn(message, ConvergenceWarning, stacklevel=stacklevel)
 
 
 class ProgressMonitor:

@@ -78,7 +78,8 @@ class HamiltonianBackend(Backend):
     end of ``fit`` (and the progress bar's ``capped``) says so and what to do. ``sample``, on
     a generic density, keeps Stan's caps (:data:`MAX_TREE_DEPTH`, :data:`MAX_STEPS`).
 
-    **Health checks.** At the end of ``fit`` and ``sample`` a ``RuntimeWarning`` names each
+    **Health checks.** At the end of ``fit`` and ``sample`` a
+    :class:`~bayesdl.inference.ConvergenceWarning` names each
     problem of the run and its fix (:mod:`.health`): trees at the cap in most iterations,
     chains that have not mixed (function-space split R-hat above 1.1 at a few training inputs,
     two chains or more; also shown on the progress bar as ``R^f``), and stuck chains (nearly

@@ -17,7 +17,7 @@ import torch
 
 import bayesdl
 from bayesdl import likelihoods, priors
-from bayesdl.inference import HMC, NUTS, SGHMC, SGLD, SSVI, SVGD, VI
+from bayesdl.inference import HMC, NUTS, SGHMC, SGLD, SSVI, SVGD, VI, ConvergenceWarning
 from bayesdl.models import BNN, MLP
 
 NOISES = {
@@ -59,7 +59,7 @@ def test_hamiltonian_defaults_finish_cleanly_on_linear_regression(backend):
     bnn = _bnn([], "fixed")
     x, y = _data()
     with warnings.catch_warnings():
-        warnings.simplefilter("error", RuntimeWarning)
+        warnings.simplefilter("error", ConvergenceWarning)
         post = backend().fit(bnn, x, y, seed=0, progress=False)
     _check_result(post, backend, bnn)
     assert post.theta.shape == (4, 1000, bnn.num_params)
@@ -72,7 +72,7 @@ def test_hamiltonian_defaults_finish_on_a_small_mlp(backend, noise):
     bnn = _bnn([3], noise)
     x, y = _data()
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # capped trees are reported, not tested
+        warnings.simplefilter("ignore", ConvergenceWarning)  # capped trees are reported, not tested
         post = backend().fit(bnn, x, y, seed=0, progress=False)
     _check_result(post, backend, bnn)
 
@@ -89,6 +89,6 @@ def test_the_defaults_finish_on_the_quickstart_bnn(backend, noise):
     likelihood = NOISES[noise]() if noise == "learned" else likelihoods.Gaussian(0.5)
     bnn = BNN(MLP(10, [20], 1, activation="tanh"), priors.Gaussian(1.0), likelihood)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
+        warnings.simplefilter("ignore", ConvergenceWarning)
         post = backend().fit(bnn, data.x_train, data.y_train, seed=0, progress=False)
     _check_result(post, backend, bnn)

@@ -13,7 +13,7 @@ from torch import nn
 
 from bayesdl import likelihoods, priors
 from bayesdl.arviz_bridge import import_arviz
-from bayesdl.inference import HMC, NUTS, SGHMC, SGLD, SSVI, SVGD, VI, StepEvent
+from bayesdl.inference import HMC, NUTS, SGHMC, SGLD, SSVI, SVGD, VI, ConvergenceWarning, StepEvent
 from bayesdl.inference.health import RHAT_MAX, split_rhat
 from bayesdl.models import BNN, MLP
 
@@ -51,7 +51,7 @@ def test_a_single_callable_is_accepted_as_callbacks(name):
     bnn, x, y = _problem()
     seen: list[StepEvent] = []
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # such short runs may warn: not tested
+        warnings.simplefilter("ignore", ConvergenceWarning)  # such short runs may warn: not tested
         QUICK[name]().fit(bnn, x, y, seed=0, progress=False, callbacks=seen.append)
     assert seen and all(isinstance(e, StepEvent) for e in seen)
 
@@ -93,7 +93,7 @@ def test_a_network_returning_nan_is_named_before_the_run(name):
 def test_every_transition_divergent_warns_that_the_chains_are_stuck(backend):
     """A huge step size without warmup: acceptance 0, frozen chains, and a warning saying so."""
     bnn, x, y = _problem()
-    with pytest.warns(RuntimeWarning, match=r"chains are stuck.*never moved.*warmup > 0"):
+    with pytest.warns(ConvergenceWarning, match=r"chains are stuck.*never moved.*warmup > 0"):
         post = backend(chains=2, warmup=0, draws=12, step_size=1e3).fit(
             bnn, x, y, seed=0, progress=False
         )
@@ -103,7 +103,7 @@ def test_every_transition_divergent_warns_that_the_chains_are_stuck(backend):
 
 def test_trees_at_the_depth_cap_warn_with_what_to_do():
     bnn, x, y = _problem()
-    with pytest.warns(RuntimeWarning, match=r"max_tree_depth=1 in 100% .*Raise max_tree_depth"):
+    with pytest.warns(ConvergenceWarning, match=r"max_tree_depth=1 in 100% .*Raise max_tree_depth"):
         post = NUTS(chains=2, warmup=0, draws=6, step_size=1e-3, max_tree_depth=1).fit(
             bnn, x, y, seed=0, progress=False
         )
@@ -112,7 +112,7 @@ def test_trees_at_the_depth_cap_warn_with_what_to_do():
 
 def test_hmc_trajectories_cut_at_max_steps_warn():
     bnn, x, y = _problem()
-    with pytest.warns(RuntimeWarning, match=r"cut at max_steps=3 in 100% .*Raise max_steps"):
+    with pytest.warns(ConvergenceWarning, match=r"cut at max_steps=3 in 100% .*Raise max_steps"):
         HMC(chains=2, warmup=0, draws=6, step_size=1e-3, max_steps=3).fit(
             bnn, x, y, seed=0, progress=False
         )
@@ -121,7 +121,7 @@ def test_hmc_trajectories_cut_at_max_steps_warn():
 def test_chains_that_have_not_mixed_warn_with_function_space_rhat():
     """Chains that barely move from different prior draws disagree about the function."""
     bnn, x, y = _problem()
-    with pytest.warns(RuntimeWarning, match=r"not mixed: the split R-hat .* more chains"):
+    with pytest.warns(ConvergenceWarning, match=r"not mixed: the split R-hat .* more chains"):
         NUTS(chains=2, warmup=0, draws=20, step_size=1e-4, max_tree_depth=2).fit(
             bnn, x, y, seed=0, progress=False
         )
@@ -134,7 +134,7 @@ def test_a_healthy_run_does_not_warn():
         return -0.5 * theta.square().sum(-1)
 
     with warnings.catch_warnings():
-        warnings.simplefilter("error", RuntimeWarning)
+        warnings.simplefilter("error", ConvergenceWarning)
         NUTS(chains=2, warmup=100, draws=100).sample(
             log_density, torch.zeros(2, 3, dtype=torch.float64), seed=0, progress=False
         )
@@ -143,7 +143,7 @@ def test_a_healthy_run_does_not_warn():
 def test_the_progress_bar_shows_the_capped_share_and_function_rhat(capsys):
     bnn, x, y = _problem()
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
+        warnings.simplefilter("ignore", ConvergenceWarning)
         NUTS(chains=2, warmup=0, draws=20, step_size=1e-4, max_tree_depth=2).fit(
             bnn, x, y, seed=0, progress=True
         )

@@ -15,6 +15,7 @@ import torch
 from statistical.blr import linear_regression
 
 from bayesdl import Posterior, likelihoods, priors
+from bayesdl.inference import ConvergenceWarning
 from bayesdl.inference.base import NonFiniteError
 from bayesdl.inference.kernels import IMQ, RBF, Hybrid
 from bayesdl.inference.ssge import GaussianProcessScore
@@ -145,7 +146,7 @@ def test_bad_measurement_inputs_are_named_measurement():
 
 def test_exploding_particles_warn_naming_the_learning_rate():
     bnn, x, y = classifier()
-    with pytest.warns(RuntimeWarning, match=r"lr: the particles exploded.*Lower the learning"):
+    with pytest.warns(ConvergenceWarning, match=r"lr: the particles exploded.*Lower the learning"):
         post = SVGD(particles=3, steps=20, lr=1e6).fit(bnn, x, y, seed=0, progress=False)
     assert post.theta.abs().max() > 1e3  # the warning is about a real explosion
     with warnings.catch_warnings():
@@ -386,7 +387,7 @@ def test_hybrid_step_is_autograd_of_the_composed_kernel(seed):
 
     w = init.clone().requires_grad_(True)
     (score,) = torch.autograd.grad(bnn.log_joint(w, x, y).sum(), w)
-    k_w = torch.exp(-torch.cdist(init, init) ** 2 / h_w)
+    k_w = torch.exp(-(torch.cdist(init, init) ** 2) / h_w)
     repulsion = torch.zeros_like(init)
     for i in range(p):
         w = init.clone().requires_grad_(True)
