@@ -300,9 +300,14 @@ class Backend(ABC):
         *,
         seed: int | None = None,
         progress: bool = True,
-        callbacks: Sequence[Callback] = (),
+        callbacks: Callback | Sequence[Callback] = (),
     ) -> Posterior:
-        """Infer the posterior of ``bnn`` given data ``(x, y)``."""
+        """Infer the posterior of ``bnn`` given data ``(x, y)``.
+
+        Every backend checks, before any work, that ``bnn`` is a BNN, the data, the callbacks
+        (one callable or a list, :func:`as_callbacks`) and that the network and likelihood are
+        finite at the starting point (:func:`~.checks.check_start`).
+        """
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
