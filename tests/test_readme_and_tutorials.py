@@ -161,3 +161,25 @@ def test_tutorial_04_full_run_refuses_missing_data(tmp_path):
     assert result.returncode != 0
     assert "FileNotFoundError" in result.stderr and "dataset-fashion-mnist" in result.stderr
     assert STAND_IN not in result.stdout
+
+
+@pytest.mark.slow
+def test_quickstart_bnn_beats_ridge_on_nll_and_calibration(tmp_path):
+    """The full quickstart: the BNN matches ridge on RMSE and beats it on NLL and coverage.
+
+    Tolerances are standard errors the tutorial computes on its test split: the paired
+    squared-error difference's for the RMSE, the binomial one of a 90% coverage for calibration.
+    """
+    out_dir = tmp_path / "out"
+    env = {"BAYESDL_SMOKE": "0", "BAYESDL_OUTPUT": str(out_dir), "BAYESDL_SPLIT": "0"}
+    _run((ROOT / "tutorials" / "01_quickstart.py").read_text(), tmp_path, env)
+    comparison = json.loads((out_dir / "metrics.json").read_text())["comparison"]
+    bnn, ridge = comparison["bnn"], comparison["ridge"]
+    n = comparison["num_test"]
+    assert comparison["coverage90_se"] == pytest.approx((0.9 * 0.1 / n) ** 0.5)
+    assert bnn["nll"] < ridge["nll"], comparison
+    allowance = 2 * comparison["coverage90_se"]
+    assert abs(bnn["coverage90"] - 0.9) <= abs(ridge["coverage90"] - 0.9) + allowance, comparison
+    # matches ridge: the mean squared error is not worse by more than two paired standard errors
+    assert bnn["rmse"] ** 2 - ridge["rmse"] ** 2 <= 2 * comparison["mse_diff_se"], comparison
+    assert comparison["mse_diff"] == pytest.approx(bnn["rmse"] ** 2 - ridge["rmse"] ** 2, rel=1e-6)
