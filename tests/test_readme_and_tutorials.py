@@ -163,23 +163,61 @@ def test_tutorial_04_full_run_refuses_missing_data(tmp_path):
     assert STAND_IN not in result.stdout
 
 
-@pytest.mark.slow
-def test_quickstart_bnn_beats_ridge_on_nll_and_calibration(tmp_path):
-    """The full quickstart: the BNN matches ridge on RMSE and beats it on NLL and coverage.
+def check_bnn_against_ridge(report: dict) -> None:
+    """Assert the quickstart's claim from its metrics.json: the BNN matches ridge on RMSE and
+    beats it on NLL and 90% coverage.
 
-    Tolerances are standard errors the tutorial computes on its test split: the paired
-    squared-error difference's for the RMSE, the binomial one of a 90% coverage for calibration.
+    Tolerances are standard errors the tutorial computes on its test split: two paired standard
+    errors of the squared-error difference for the RMSE, two binomial standard errors of a 90%
+    coverage estimate for calibration.
     """
-    out_dir = tmp_path / "out"
-    env = {"BAYESDL_SMOKE": "0", "BAYESDL_OUTPUT": str(out_dir), "BAYESDL_SPLIT": "0"}
-    _run((ROOT / "tutorials" / "01_quickstart.py").read_text(), tmp_path, env)
-    comparison = json.loads((out_dir / "metrics.json").read_text())["comparison"]
-    bnn, ridge = comparison["bnn"], comparison["ridge"]
-    n = comparison["num_test"]
+    comparison = report["comparison"]
+    bnn, ridge, n = comparison["bnn"], comparison["ridge"], comparison["num_test"]
+    # the tutorial's own scores agree with Posterior.evaluate and with each other
+    assert report["evaluate"]["rmse"] == pytest.approx(bnn["rmse"], rel=1e-5)
+    assert report["evaluate"]["nll"] == pytest.approx(bnn["nll"], rel=1e-5)
+    assert comparison["mse_diff"] == pytest.approx(bnn["rmse"] ** 2 - ridge["rmse"] ** 2, rel=1e-6)
     assert comparison["coverage90_se"] == pytest.approx((0.9 * 0.1 / n) ** 0.5)
     assert bnn["nll"] < ridge["nll"], comparison
     allowance = 2 * comparison["coverage90_se"]
     assert abs(bnn["coverage90"] - 0.9) <= abs(ridge["coverage90"] - 0.9) + allowance, comparison
-    # matches ridge: the mean squared error is not worse by more than two paired standard errors
-    assert bnn["rmse"] ** 2 - ridge["rmse"] ** 2 <= 2 * comparison["mse_diff_se"], comparison
-    assert comparison["mse_diff"] == pytest.approx(bnn["rmse"] ** 2 - ridge["rmse"] ** 2, rel=1e-6)
+    assert comparison["mse_diff"] <= 2 * comparison["mse_diff_se"], comparison
+
+
+def _comparison_report(**changes: float) -> dict:
+    """A metrics.json as the quickstart writes it (split 0's numbers), with ``changes``."""
+    bnn = {"rmse": 54.88, "nll": 5.422, "coverage90": 0.910}
+    ridge = {"rmse": 56.87, "nll": 5.463, "coverage90": 0.888}
+    bnn.update({k[4:]: v for k, v in changes.items() if k.startswith("bnn_")})
+    n = 89
+    return {
+        "evaluate": {"rmse": bnn["rmse"], "nll": bnn["nll"]},
+        "comparison": {
+            "bnn": bnn,
+            "ridge": ridge,
+            "num_test": n,
+            "mse_diff": bnn["rmse"] ** 2 - ridge["rmse"] ** 2,
+            "mse_diff_se": 90.0,
+            "coverage90_se": (0.9 * 0.1 / n) ** 0.5,
+        },
+    }
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{"bnn_nll": 5.47}, {"bnn_coverage90": 0.80}, {"bnn_rmse": 59.95}],
+    ids=["worse-nll", "under-covers", "worse-rmse"],
+)
+def test_bnn_against_ridge_check_fails_when_the_bnn_loses(changes):
+    check_bnn_against_ridge(_comparison_report())
+    with pytest.raises(AssertionError):
+        check_bnn_against_ridge(_comparison_report(**changes))
+
+
+@pytest.mark.slow
+def test_quickstart_bnn_beats_ridge_on_nll_and_calibration(tmp_path):
+    """The full quickstart (split 0): the comparison its metrics.json reports holds."""
+    out_dir = tmp_path / "out"
+    env = {"BAYESDL_SMOKE": "0", "BAYESDL_OUTPUT": str(out_dir), "BAYESDL_SPLIT": "0"}
+    _run((ROOT / "tutorials" / "01_quickstart.py").read_text(), tmp_path, env)
+    check_bnn_against_ridge(json.loads((out_dir / "metrics.json").read_text()))
