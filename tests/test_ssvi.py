@@ -343,3 +343,17 @@ def test_grown_coordinates_restart_at_zero_mean_and_the_sites_mean_scale():
             )
     for moment in ("exp_avg", "exp_avg_sq"):
         assert (optimizer.state[guide.loc][moment][grown | dropped] == 0).all()
+
+
+def test_sparse_posterior_load_and_save_give_clear_errors(tmp_path):
+    """A damaged file or a folder names ``path``, as ``Posterior.load``/``save`` do."""
+    from bayesdl.inference.sparse_posterior import SparsePosterior
+
+    damaged = tmp_path / "damaged.pt"
+    damaged.write_bytes(b"not a posterior")
+    with pytest.raises(ValueError, match="path"):
+        SparsePosterior.load(damaged)
+    with pytest.raises(TypeError, match="path"):
+        SparsePosterior.load(None)
+    with pytest.raises(FileNotFoundError, match="path"):
+        SparsePosterior.load(tmp_path / "missing.pt")
