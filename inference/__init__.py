@@ -5,7 +5,7 @@ find them.
 """
 
 from .base import Backend, Callback, NonFiniteError, StepEvent
-from .health import ConvergenceWarning
+from .health import ConvergenceWarning, DensityErrorWarning
 from .hmc import HMC
 from .nuts import NUTS
 from .schedules import Constant, Cyclical
@@ -49,6 +49,7 @@ __all__ = [
     "Constant",
     "ConvergenceWarning",
     "Cyclical",
+    "DensityErrorWarning",
     "NonFiniteError",
     "SparsePosterior",
     "StepEvent",

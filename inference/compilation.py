@@ -61,9 +61,11 @@ def compile_step(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     Pyro's argument validation is turned off around each call: the samplers' values need no
     checking and validation cannot be captured. The first call compiles, with guards built
-    even inside :func:`skip_guard_checks`; if that raises, a :class:`RuntimeWarning` names the
-    error and ``fn`` itself serves every call. A later call that needs another graph inside
-    :func:`skip_guard_checks` (dynamo refuses to build one there) gets it built with guards.
+    even inside :func:`skip_guard_checks`; if that raises and ``fn`` does not, a
+    :class:`RuntimeWarning` names the error and ``fn`` itself serves every call (if ``fn``
+    raises too, its error propagates: the step failed, not the compiler). A later call that
+    needs another graph inside :func:`skip_guard_checks` (dynamo refuses to build one there)
+    gets it built with guards.
     """
     # a copy of the code object: dynamo keeps its compiled graphs per code object
     fresh = types.FunctionType(
@@ -86,7 +88,10 @@ def compile_step(fn: Callable[..., Any]) -> Callable[..., Any]:
             try:
                 with torch.compiler.set_stance("default"):  # guards are built, not skipped
                     out = compiled(*args)
-            except Exception as err:  # any failure of the compiler
+            except Exception as err:  # a failure of the compiler, or of the step itself
+                # the step's own error (a log density that raises, :mod:`.robust`) raises
+                # eagerly too: it propagates, and the next call tries the graph again
+                out = fn(*args)
                 first_line = (str(err).splitlines() or [""])[0]
                 warnings.warn(
                     f"compile=True: torch.compile could not compile {fn.__name__} "
@@ -95,7 +100,7 @@ def compile_step(fn: Callable[..., Any]) -> Callable[..., Any]:
                     stacklevel=2,
                 )
                 runner = fn
-                return fn(*args)
+                return out
             runner = compiled
             return out
 

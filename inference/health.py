@@ -9,6 +9,9 @@ A run that goes wrong must say so, naming the cause and the fix. For HMC and NUT
   a few training inputs (the *probe inputs*, :data:`PROBE_ROWS` of them) is above
   :data:`RHAT_MAX` with two chains or more. Function space, because weight-space R-hat is
   meaningless for networks (permuting hidden units leaves the function unchanged);
+* **a density that raised** at some proposals (:mod:`.robust`): each made a divergent
+  transition of its chain; a :class:`DensityErrorWarning` names the error, the chains and how
+  often, in warmup and while sampling;
 * **stuck chains**: nearly every transition diverged (more than :data:`STUCK_FRACTION`), the
   mean acceptance is about 0 (below :data:`STUCK_ACCEPTANCE`), or a chain never moved: the
   draws are then the starting points, not the posterior.
@@ -49,7 +52,9 @@ __all__ = [
     "STUCK_ACCEPTANCE",
     "STUCK_FRACTION",
     "ConvergenceWarning",
+    "DensityErrorWarning",
     "ProgressMonitor",
+    "density_problems",
     "function_rhat",
     "mcmc_problems",
     "particle_problems",
@@ -62,6 +67,11 @@ __all__ = [
 class ConvergenceWarning(UserWarning):
     """A run finished but its draws or particles are not trustworthy (the message says why and
     what to do). A ``UserWarning``, as scikit-learn's: filter it by this class."""
+
+
+class DensityErrorWarning(ConvergenceWarning):
+    """The log density raised at some proposals of an HMC/NUTS run; each such proposal was
+    a divergent transition of its chain, the other chains went on (:mod:`.robust`)."""
 
 
 #: Warn when more than this share of the iterations hit the depth (or step) cap.
@@ -246,11 +256,48 @@ def particle_problems(initial: Tensor, final: Tensor, log_joint: Tensor, lr: flo
     ]
 
 
-def warn_all(problems: list[str], stacklevel: int = 3) -> None:
-    """Issue one :class:`ConvergenceWarning` per problem (``stacklevel=3``: the caller of the
+def density_problems(posterior: Posterior) -> list[str]:
+    """Where the log density of an HMC/NUTS run raised (at most one message).
+
+    Reads ``sample_stats["density_raised"]`` and ``attrs["density_raised_warmup"]`` and
+    ``attrs["density_error"]`` (:func:`.mcmc.run_mcmc`).
+    """
+    stats, attrs = posterior.sample_stats, posterior.attrs
+    in_warmup = int(attrs.get("density_raised_warmup", 0))
+    per_chain = stats["density_raised"].sum(-1) if "density_raised" in stats else None
+    sampling = int(per_chain.sum()) if per_chain is not None else 0
+    if not (in_warmup or sampling):
+        return []
+    name = attrs.get("inference", "mcmc").upper()
+    error = attrs.get("density_error") or "an error"
+    advice = (
+        "If the density is undefined there, return -inf instead of raising (or constrain the "
+        "parameters, e.g. add jitter to a covariance); see sample_stats['density_raised']"
+    )
+    if not sampling:
+        return [
+            f"{name}: the log density raised ({error}) at {in_warmup} proposal(s) during "
+            "warmup, none while sampling; each was a divergent transition of its chain (the "
+            "other chains went on) and the draws are unaffected. " + advice
+        ]
+    chains = per_chain.nonzero().flatten().tolist()
+    return [
+        f"{name}: the log density raised ({error}) at {sampling} proposal(s) of chain(s) "
+        f"{chains} while sampling ({in_warmup} during warmup); each was a divergent "
+        "transition of that chain only, so these chains could not explore where the density "
+        "raises. " + advice
+    ]
+
+
+def warn_all(
+    problems: list[str],
+    stacklevel: int = 3,
+    category: type[ConvergenceWarning] = ConvergenceWarning,
+) -> None:
+    """Issue one ``category`` warning per problem (``stacklevel=3``: the caller of the
     caller)."""
     for message in problems:
-        warnings.warn(message, ConvergenceWarning, stacklevel=stacklevel)
+        warnings.warn(message, category, stacklevel=stacklevel)
 
 
 class ProgressMonitor:

@@ -26,9 +26,16 @@ from bayesdl._checks import check_count, check_positive, check_probability
 from .base import Backend, Callback, as_callbacks
 from .checks import check_bnn, check_start
 from .compilation import compile_step
-from .health import mcmc_problems, probe_inputs, warn_all
+from .health import (
+    DensityErrorWarning,
+    density_problems,
+    mcmc_problems,
+    probe_inputs,
+    warn_all,
+)
 from .mcmc import Transition, run_mcmc
 from .pyro_engine import run_pyro_mcmc
+from .robust import robust_step, start_values
 from .trajectory import hmc_step, hmc_transition
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -83,7 +90,9 @@ class HamiltonianBackend(Backend):
     problem of the run and its fix (:mod:`.health`): trees at the cap in most iterations,
     chains that have not mixed (function-space split R-hat above 1.1 at a few training inputs,
     two chains or more; also shown on the progress bar as ``R^f``), and stuck chains (nearly
-    every transition divergent, acceptance about 0, or a chain that never moved).
+    every transition divergent, acceptance about 0, or a chain that never moved). A
+    :class:`~bayesdl.inference.DensityErrorWarning` says where the log density raised (each
+    such proposal a divergence of its chain only; see :class:`~.nuts.NUTS`).
     """
 
     def __init__(
@@ -190,6 +199,7 @@ class HamiltonianBackend(Backend):
             bnn, x, y, init_theta, seed, progress, callbacks, num_data, probe
         )
         warn_all(mcmc_problems(posterior, **self._caps(True), probe=probe))
+        warn_all(density_problems(posterior), category=DensityErrorWarning)
         return posterior
 
     def _run_on_bnn(
@@ -270,6 +280,13 @@ class HamiltonianBackend(Backend):
         Posterior
             With no BNN attached: ``theta`` ``(chains, draws, D)``, ``sample_stats``,
             ``to_arviz()``; no ``predict``.
+
+        Raises
+        ------
+        ValueError
+            If the log density raises, or is not finite, at the starting point of some chains
+            (naming them). Where it raises later, at a proposal, that transition of that chain
+            is divergent and the run goes on (see :class:`~.nuts.NUTS`).
         """
         if self.engine != "bayesdl":
             raise ValueError(
@@ -286,7 +303,7 @@ class HamiltonianBackend(Backend):
         if not init_theta.is_floating_point():
             raise TypeError(f"init_theta: expected a floating tensor, got {init_theta.dtype}")
         with torch.no_grad():
-            probe = log_density(init_theta)
+            probe = start_values(log_density, init_theta)
         if not isinstance(probe, Tensor) or tuple(probe.shape) != (init_theta.shape[0],):
             raise ValueError(
                 f"log_density: must map theta (P, D) to shape (P,); got "
@@ -310,6 +327,7 @@ class HamiltonianBackend(Backend):
             max_tree_depth=self._caps(False)["max_tree_depth"],
         )
         warn_all(mcmc_problems(posterior, **self._caps(False)))
+        warn_all(density_problems(posterior), category=DensityErrorWarning)
         return posterior
 
     def _init(
@@ -427,7 +445,7 @@ class HMC(HamiltonianBackend):
         return {"max_tree_depth": None, "max_steps": self._max_steps(for_bnn)}
 
     def _transition(self, for_bnn: bool) -> Transition:
-        step = compile_step(hmc_step) if self.compile else hmc_step
+        step = robust_step(compile_step(hmc_step), hmc_step) if self.compile else hmc_step
         max_steps = self._max_steps(for_bnn)
 
         def transition(state, step_size, metric, potential, rng):

@@ -6,7 +6,11 @@ over ``theta (C, D)`` and initial values, and runs it on the shared :class:`~.ba
 averaging and per-chain mass matrices in Stan's windows (:mod:`.adaptation`); the warmup draws
 are discarded. The result is a :class:`~bayesdl.Posterior` whose ``sample_stats`` use ArviZ's
 names: ``lp``, ``acceptance_rate``, ``step_size``, ``tree_depth``, ``n_steps``,
-``diverging``, ``energy``.
+``diverging``, ``energy``; and ``density_raised``, the number of evaluations of the log
+density that raised in each transition of each chain (:mod:`.robust`: each made that
+transition divergent; with ``compile=True`` the count also includes leaves computed past the
+end of a subtree, two leaves per call, which are discarded). The same count over the warmup
+is ``attrs["density_raised_warmup"]``, and the first such error ``attrs["density_error"]``.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from .health import ProgressMonitor
 from .integrator import IntegratorState, functional_value_and_grad, value_and_grad
 from .metric import Metric
 from .rng import ChainRNG
+from .robust import RobustPotential, start_values
 from .trajectory import TransitionInfo
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -38,7 +43,16 @@ __all__ = ["Transition", "run_mcmc"]
 #: ``(state, step_size, metric, potential, rng) -> (state, info)``.
 Transition = Callable[..., tuple[IntegratorState, TransitionInfo]]
 
-_STATS = ("lp", "acceptance_rate", "step_size", "tree_depth", "n_steps", "diverging", "energy")
+_STATS = (
+    "lp",
+    "acceptance_rate",
+    "step_size",
+    "tree_depth",
+    "n_steps",
+    "diverging",
+    "energy",
+    "density_raised",
+)
 
 
 def run_mcmc(
@@ -70,7 +84,8 @@ def run_mcmc(
         ``warmup=0`` it is used as is (no adaptation).
     compile
         The transition runs a compiled step (:mod:`.compilation`); its gradient is then taken
-        with :func:`torch.func` (:func:`.integrator.functional_value_and_grad`).
+        with :func:`torch.func` (:func:`.integrator.functional_value_and_grad`). Either way
+        the transition gets a :class:`~.robust.RobustPotential`.
     seed
         One base seed, or one seed per chain (``ChainRNG.from_seed``).
     max_tree_depth, probe
@@ -79,9 +94,11 @@ def run_mcmc(
     """
     chains, dim = init_theta.shape
     dtype, device = init_theta.dtype, init_theta.device
-    potential = value_and_grad(log_density)
-    step_potential = functional_value_and_grad(log_density) if compile else potential
-    log_density0, grad0 = potential(init_theta)
+    potential = RobustPotential(value_and_grad(log_density), chains)
+    step_potential = (
+        RobustPotential(functional_value_and_grad(log_density), chains) if compile else potential
+    )
+    log_density0, grad0 = start_values(potential.raw, init_theta)
     bad = (~torch.isfinite(log_density0)).nonzero().flatten().tolist()
     if bad:
         raise ValueError(f"init_theta: the log density is not finite for chain(s) {bad}")
@@ -91,6 +108,12 @@ def run_mcmc(
     eps = torch.full((chains,), 1.0 if step_size is None else step_size, dtype=dtype, device=device)
     if step_size is None:
         eps = find_step_size(state, eps, metric, potential, rng)
+
+    def take_raised() -> Tensor:
+        raised = potential.take_raised()
+        return raised if step_potential is potential else raised + step_potential.take_raised()
+
+    raised_warmup = take_raised()
     adapter = DualAveraging(eps, target_accept)
     windows = mass_windows(warmup)
     starts = {s: e for s, e in windows}
@@ -101,10 +124,11 @@ def run_mcmc(
     monitor = ProgressMonitor(max_tree_depth, bnn, probe)
 
     def step(stage: str, i: int) -> dict[str, Any]:
-        nonlocal state, eps, metric, welford
+        nonlocal state, eps, metric, welford, raised_warmup
         used_eps = eps
         with skip_guard_checks() if compile else contextlib.nullcontext():
             state, info = transition(state, eps, metric, step_potential, rng)
+        raised = take_raised()
         if stage == "warmup":
             eps = adapter.update(info.acceptance_rate).to(dtype)
             if i in starts:
@@ -116,8 +140,10 @@ def run_mcmc(
                 welford = None
                 eps = find_step_size(state, eps, metric, potential, rng)
                 adapter.restart(eps)
+                raised = raised + take_raised()
             if i + 1 == warmup:
                 eps = adapter.final_step_size.to(dtype)
+            raised_warmup = raised_warmup + raised
         else:
             kept_theta.append(state.position.detach().cpu())
             values = {
@@ -128,6 +154,7 @@ def run_mcmc(
                 "n_steps": info.n_steps,
                 "diverging": info.diverging,
                 "energy": info.energy,
+                "density_raised": raised,
             }
             for k, v in values.items():
                 kept_stats[k].append(v.detach().cpu())
@@ -159,6 +186,12 @@ def run_mcmc(
         sample_stats,
         kind="mcmc",
         partial=outcome.partial,
-        attrs={**(attrs or {}), "warmup": warmup, "stopped": outcome.reason or ""},
+        attrs={
+            **(attrs or {}),
+            "warmup": warmup,
+            "stopped": outcome.reason or "",
+            "density_raised_warmup": int(raised_warmup.sum()),
+            "density_error": potential.first_error or step_potential.first_error or "",
+        },
     )
     return finish(posterior, outcome)

@@ -14,6 +14,7 @@ from bayesdl._checks import check_count
 from .compilation import compile_step
 from .hmc import BNN_MAX_TREE_DEPTH, MAX_TREE_DEPTH, HamiltonianBackend
 from .mcmc import Transition
+from .robust import robust_step
 from .trajectory import nuts_leaves, nuts_transition
 
 __all__ = ["NUTS"]
@@ -62,7 +63,22 @@ class NUTS(HamiltonianBackend):
         and 64 chains sample a BNN faster than NumPyro's (``benchmarks/RESULTS.md``). Worth
         it for runs longer than a minute. The log density must be traceable by
         :func:`torch.func` (BNNs are) and must not change during the run; if compilation
-        fails, the run goes on eagerly after a ``RuntimeWarning``.
+        fails, the run goes on eagerly after a ``RuntimeWarning``. A call whose density raises
+        is rerun eagerly (see below).
+
+    Notes
+    -----
+    **Densities that raise.** When the log density or its gradient raises at one chain's
+    proposal (``ValueError``, ``RuntimeError`` such as :class:`torch.linalg.LinAlgError`,
+    ``ArithmeticError``; e.g. a ``MultivariateNormal`` whose covariance is not numerically
+    positive definite), the chains are evaluated one by one and the proposal of each chain
+    that raises gets log density ``-inf``: a divergent transition of that chain only, while
+    the others go on (:mod:`.robust`). ``sample_stats["density_raised"]`` counts these
+    evaluations per chain and draw (``attrs["density_raised_warmup"]`` over the warmup), and a
+    :class:`~bayesdl.inference.DensityErrorWarning` at the end of the run names the error.
+    At the starting point a density that raises is a ``ValueError`` naming ``init_theta``,
+    the chains and the error. Densities that return NaN or ``-inf`` need none of this: a
+    non-finite density or gradient is a divergence.
 
     Examples
     --------
@@ -103,7 +119,9 @@ class NUTS(HamiltonianBackend):
     def _transition(self, for_bnn: bool) -> Transition:
         depth = self._depth(for_bnn)
         # compiled: two leaves per call halve the fixed cost of a call
-        leaves = compile_step(nuts_leaves) if self.compile else nuts_leaves
+        leaves = nuts_leaves
+        if self.compile:  # rerun eagerly where the density raises (.robust)
+            leaves = robust_step(compile_step(nuts_leaves), nuts_leaves)
         per_call = 2 if self.compile else 1
 
         def transition(state, step_size, metric, potential, rng):

@@ -153,6 +153,7 @@ def test_sample_returns_a_posterior_without_a_bnn():
         "n_steps",
         "diverging",
         "energy",
+        "density_raised",
     }
     idata = post.to_arviz()
     assert idata.sample_stats["tree_depth"].shape == (2, 10)
