@@ -277,8 +277,8 @@ def density_problems(posterior: Posterior) -> list[str]:
     if not sampling:
         return [
             f"{name}: the log density raised ({error}) at {in_warmup} proposal(s) during "
-            "warmup, none while sampling; each was a divergent transition of its chain (the "
-            "other chains went on) and the draws are unaffected. " + advice
+            "warmup, none while sampling; each such proposal was rejected as a divergence of "
+            "its chain only (the other chains went on) and the draws are unaffected. " + advice
         ]
     chains = per_chain.nonzero().flatten().tolist()
     return [
