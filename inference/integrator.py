@@ -47,14 +47,15 @@ class IntegratorState:
 def value_and_grad(log_density: Callable[[Tensor], Tensor]) -> Potential:
     """Wrap ``theta (C, D) -> (C,)`` into a function returning the value and its gradient.
 
-    The gradient of the sum is the per-chain gradient, because chains are independent.
+    The vector-Jacobian product with ones (the gradient of the sum) is the per-chain
+    gradient, because chains are independent.
     """
 
     def potential(theta: Tensor) -> tuple[Tensor, Tensor]:
         with torch.enable_grad():
             theta = theta.detach().requires_grad_(True)
             value = log_density(theta)
-            (grad,) = torch.autograd.grad(value.sum(), theta)
+            (grad,) = torch.autograd.grad(value, theta, torch.ones_like(value))
         return value.detach(), grad
 
     return potential
@@ -85,10 +86,11 @@ def leapfrog(
 ) -> IntegratorState:
     """One leapfrog step for every chain; ``step_size`` ``(C,)`` may be negative (backwards)."""
     eps = step_size.unsqueeze(-1).to(state.position.dtype)
-    momentum = state.momentum + 0.5 * eps * state.grad
+    half_eps = 0.5 * eps
+    momentum = state.momentum + half_eps * state.grad
     position = state.position + eps * metric.velocity(momentum)
     log_density, grad = potential(position)
-    momentum = momentum + 0.5 * eps * grad
+    momentum = momentum + half_eps * grad
     return IntegratorState(position, momentum, log_density, grad)
 
 

@@ -27,7 +27,9 @@ and the transition ends when every chain has stopped. A leaf is :func:`nuts_leaf
 whose tensors keep their shapes from leaf to leaf (it writes one checkpoint slot in place,
 chosen by an index tensor, and checks all ``max_tree_depth`` slots under a mask of those the
 leaf closes); :func:`nuts_leaves` chains a few of them, and ``compile=True`` captures that in
-one graph which serves the whole run (:mod:`.compilation`).
+one graph which serves the whole run (:mod:`.compilation`). Run eagerly, a leaf gets Python
+indices instead and skips what cannot matter: even leaves close no block (no U-turn check),
+and odd leaves write no slot (theirs is never read); the draws are the same, bit for bit.
 
 **HMC** runs a fixed number of leapfrog steps per chain (chains with fewer steps are
 masked) and accepts the end point with probability :math:`\min(1, e^{H_0 - H_L})`.
@@ -100,8 +102,8 @@ def nuts_leaf(
     signed_step: Tensor,
     energy0: Tensor,
     u_leaf: Tensor,
-    slot: Tensor,
-    closes: Tensor,
+    slot: Tensor | int | None,
+    closes: Tensor | slice | None,
     metric: Metric,
     potential: Potential,
     divergence_threshold: float,
@@ -123,42 +125,60 @@ def nuts_leaf(
     u_leaf
         ``(C,)`` uniforms of the progressive sampling at this leaf.
     slot, closes
-        ``(1,)`` index of the checkpoint slot this leaf writes and ``(K,)`` mask of the slots
-        it closes: everything that depends on the leaf's index, so that the operations are
-        the same for every leaf and one compiled graph serves the whole trajectory.
+        The checkpoint slot this leaf writes and the slots it closes, in one of two forms.
+        Tensors (compiled steps): ``(1,)`` index of the slot and ``(K,)`` mask of the slots
+        closed, everything that depends on the leaf's index, so that the operations are the
+        same for every leaf and one compiled graph serves the whole trajectory. Python
+        values (eager steps, which then skip the work that does not matter): the slot an even
+        leaf opens, or ``None`` (an odd leaf's write is never read), and the ``slice`` of the
+        slots an odd leaf closes, or ``None`` (an even leaf closes none: no U-turn check).
+        Both give the same result.
     metric, potential, divergence_threshold
         As in :func:`nuts_transition`.
     """
-    zero = torch.zeros_like(signed_step)
-    edge = leapfrog(sub.edge, torch.where(sub.building, signed_step, zero), metric, potential)
+    building = sub.building
+    edge = leapfrog(sub.edge, torch.where(building, signed_step, 0.0), metric, potential)
     velocity = metric.velocity(edge.momentum)
     energy = -edge.log_density.double() + 0.5 * (edge.momentum * velocity).sum(-1).double()
     delta = energy - energy0
+    minus_delta = -delta
     finite = torch.isfinite(delta)
-    log_w = torch.where(finite, -delta, -math.inf)
-    accept = torch.where(sub.building & finite, torch.exp(torch.clamp(-delta, max=0.0)), 0.0)
+    log_w = torch.where(finite, minus_delta, -math.inf)
+    accept = torch.where(building & finite, torch.exp(torch.clamp(minus_delta, max=0.0)), 0.0)
     # progressive sampling within the subtree: the leaf replaces the proposal w.p. w / W
     log_weight = torch.logaddexp(sub.log_weight, log_w)
     take = u_leaf < torch.exp(log_w - log_weight)
     proposal = _select(take, (edge.position, edge.log_density, edge.grad, energy), sub.proposal)
-    sub.ckpt_velocity.index_copy_(0, slot, velocity.unsqueeze(0))
-    sub.ckpt_rho.index_copy_(0, slot, sub.rho.unsqueeze(0))
+    if isinstance(slot, Tensor):
+        sub.ckpt_velocity.index_copy_(0, slot, velocity.unsqueeze(0))
+        sub.ckpt_rho.index_copy_(0, slot, sub.rho.unsqueeze(0))
+    elif slot is not None:
+        sub.ckpt_velocity[slot] = velocity
+        sub.ckpt_rho[slot] = sub.rho
     rho = sub.rho + edge.momentum
-    block_rho = rho - sub.ckpt_rho
-    turns = ((sub.ckpt_velocity * block_rho).sum(-1) <= 0) | ((velocity * block_rho).sum(-1) <= 0)
-    turning = (turns & closes[:, None]).any(0)
-    div = ~(delta <= divergence_threshold)
+    stop = ~(delta <= divergence_threshold)  # diverging
+    div = stop
+    if closes is not None:
+        if isinstance(closes, Tensor):
+            ckpt_velocity, ckpt_rho = sub.ckpt_velocity, sub.ckpt_rho
+        else:
+            ckpt_velocity, ckpt_rho = sub.ckpt_velocity[closes], sub.ckpt_rho[closes]
+        block_rho = rho - ckpt_rho
+        turns = ((ckpt_velocity * block_rho).sum(-1) <= 0) | ((velocity * block_rho).sum(-1) <= 0)
+        if isinstance(closes, Tensor):
+            turns = turns & closes[:, None]
+        stop = stop | turns.any(0)
     return _Subtree(
         edge=edge,
-        building=sub.building & ~(div | turning),
+        building=building & ~stop,
         log_weight=log_weight,
         proposal=proposal,
         rho=rho,
         ckpt_velocity=sub.ckpt_velocity,
         ckpt_rho=sub.ckpt_rho,
         accept_sum=sub.accept_sum + accept,
-        n_steps=sub.n_steps + sub.building.long(),
-        diverging=sub.diverging | (sub.building & div),
+        n_steps=sub.n_steps + building,
+        diverging=sub.diverging | (building & div),
     )
 
 
@@ -242,6 +262,22 @@ def _leaf_tables(
     return slots.to(device), closes.to(device), first.to(device)
 
 
+@functools.cache
+def _eager_leaf_tables(max_tree_depth: int) -> tuple[tuple[int | None, slice | None], ...]:
+    """For every leaf index ``n`` of a subtree, the slot it writes and the slots it closes in
+    the Python form of :func:`nuts_leaf` (see :func:`_leaf_tables`): even leaf ``n`` opens
+    slot ``popcount(n)`` and closes none; odd leaf ``n`` writes none (its slot is never read)
+    and closes ``popcount(n) - t`` to ``popcount(n) - 1``, ``t`` its trailing one bits."""
+    table: list[tuple[int | None, slice | None]] = []
+    for n in range(2 ** max(max_tree_depth - 1, 0)):
+        if n % 2 == 0:
+            table.append((n.bit_count(), None))
+        else:
+            trailing_ones = (~n & (n + 1)).bit_length() - 1
+            table.append((None, slice(n.bit_count() - trailing_ones, n.bit_count())))
+    return tuple(table)
+
+
 def nuts_transition(
     state: IntegratorState,
     step_size: Tensor,
@@ -299,6 +335,10 @@ def nuts_transition(
     u_leaf = uniforms[:, 2 * max_tree_depth :]
     slots, closes, first = _leaf_tables(max_tree_depth, leaves_per_call, device)
     per_call = first.shape[1]
+    # the plain leaves one at a time: call nuts_leaf directly, with Python indices
+    eager = leaves is nuts_leaves and per_call == 1
+    eager_tables = _eager_leaf_tables(max_tree_depth)
+    u_columns = u_leaf.t()  # u_columns[k]: the uniforms of leaf column k
 
     start = IntegratorState(state.position, momentum, state.log_density, state.grad)
     energy0 = _energy(start, metric)
@@ -340,20 +380,34 @@ def nuts_transition(
             rho=torch.zeros_like(rho),
         )
         for n in range(0, 2**j, per_call):
-            block = slice(n, n + per_call)
             column = 2**j - 1 + n  # subtree j uses the uniforms of columns [2^j - 1, 2^(j+1) - 1)
-            sub = leaves(
-                sub,
-                signed_step,
-                energy0,
-                u_leaf[:, column : column + per_call],
-                slots[block],
-                closes[block],
-                first[min(per_call, 2**j - n)],
-                metric,
-                potential,
-                divergence_threshold,
-            )
+            if eager:  # one leaf, indexed by Python values (see nuts_leaf)
+                slot, closing = eager_tables[n]
+                sub = nuts_leaf(
+                    sub,
+                    signed_step,
+                    energy0,
+                    u_columns[column],
+                    slot,
+                    closing,
+                    metric,
+                    potential,
+                    divergence_threshold,
+                )
+            else:
+                block = slice(n, n + per_call)
+                sub = leaves(
+                    sub,
+                    signed_step,
+                    energy0,
+                    u_leaf[:, column : column + per_call],
+                    slots[block],
+                    closes[block],
+                    first[min(per_call, 2**j - n)],
+                    metric,
+                    potential,
+                    divergence_threshold,
+                )
             if not bool(sub.building.any()):
                 break
 
@@ -382,10 +436,11 @@ def nuts_transition(
 
 
 def _select(mask: Tensor, new: tuple[Tensor, ...], old: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-    """Per chain, the tuple ``new`` where ``mask`` ``(C,)`` is true, else ``old``."""
+    """Per chain, the tuple ``new`` where ``mask`` ``(C,)`` is true, else ``old`` (tensors of
+    shape ``(C,)`` or ``(C, D)``)."""
+    column = mask.unsqueeze(-1)
     return tuple(
-        torch.where(mask.reshape(-1, *([1] * (a.dim() - 1))), a, b)
-        for a, b in zip(new, old, strict=True)
+        torch.where(mask if a.dim() == 1 else column, a, b) for a, b in zip(new, old, strict=True)
     )
 
 

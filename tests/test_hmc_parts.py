@@ -180,3 +180,44 @@ def test_hmc_defaults_to_a_quarter_period_trajectory_and_fits_a_bnn():
     post = HMC(chains=2, warmup=15, draws=5).fit(bnn, x, y, seed=0, progress=False)
     assert post.theta.shape == (2, 5, bnn.num_params)
     assert torch.isfinite(post.theta).all()
+
+
+@pytest.mark.parametrize("dense", [False, True])
+def test_eager_leaves_with_python_indices_match_the_tensor_indexed_leaves_exactly(dense):
+    # the eager transition calls nuts_leaf with Python slot indices and skips the U-turn checks
+    # and checkpoint writes that cannot matter; the tensor-indexed leaves (what a compiled step
+    # runs) do all of them: both must give the same draws, bit for bit
+    from bayesdl.inference.trajectory import nuts_leaves, nuts_transition
+
+    torch.set_default_dtype(torch.float64)
+    chains, dim = 5, 3
+    a = torch.randn(dim, dim, generator=torch.Generator().manual_seed(1))
+    precision = torch.linalg.inv(a @ a.T + 0.3 * torch.eye(dim))
+
+    def log_density(theta):
+        return -0.5 * ((theta @ precision) * theta).sum(-1)
+
+    potential = value_and_grad(log_density)
+    theta = torch.randn(chains, dim, generator=torch.Generator().manual_seed(2))
+    inverse_mass = torch.linspace(0.5, 2.0, chains * dim).reshape(chains, dim)
+    metric = Metric(torch.diag_embed(inverse_mass) if dense else inverse_mass)
+    step_size = torch.linspace(0.05, 0.6, chains)  # trees from depth 1 to the cap
+    results = []
+    for leaves in (nuts_leaves, lambda *args: nuts_leaves(*args)):
+        value, grad = potential(theta)
+        state = IntegratorState(theta, torch.zeros_like(theta), value, grad)
+        rng = ChainRNG.from_seed(0, chains, device=theta.device, dtype=theta.dtype)
+        draws, infos = [], []
+        for _ in range(30):
+            state, info = nuts_transition(
+                state, step_size, metric, potential, rng, max_tree_depth=6, leaves=leaves
+            )
+            draws.append(state.position)
+            infos.append(info)
+        results.append((torch.stack(draws), infos))
+    (eager, eager_infos), (indexed, indexed_infos) = results
+    assert max(int(i.tree_depth.max()) for i in eager_infos) >= 4
+    assert torch.equal(eager, indexed)
+    for e, i in zip(eager_infos, indexed_infos, strict=True):
+        for field in ("acceptance_rate", "n_steps", "tree_depth", "diverging", "energy"):
+            assert torch.equal(getattr(e, field), getattr(i, field)), field
