@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import warnings
 
 import pytest
 import torch
@@ -186,6 +187,35 @@ def test_a_step_that_cannot_compile_runs_eagerly_after_a_warning(monkeypatch):
         )
     # eagerly, but with the torch.func gradient: equal up to rounding
     torch.testing.assert_close(fallback.theta, eager.theta, rtol=1e-8, atol=1e-8)
+
+
+def test_a_step_that_raises_on_its_first_call_is_not_taken_for_a_compiler_failure(monkeypatch):
+    # a log density that raises at the first proposal (inference/robust.py) raises eagerly too:
+    # its error propagates, without the fallback warning, and later calls still run compiled
+    calls = []
+
+    def fake_compile(fn, **kwargs):
+        def compiled(*args):
+            calls.append("compiled")
+            return fn(*args)
+
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+
+    def step(x):
+        if bool((x < 0).any()):
+            raise ValueError("bad proposal")
+        return 2 * x
+
+    compiled_step = compile_step(step)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        with pytest.raises(ValueError, match="bad proposal"):
+            compiled_step(-torch.ones(2))
+        torch.testing.assert_close(compiled_step(torch.ones(2)), torch.full((2,), 2.0))
+        torch.testing.assert_close(compiled_step(torch.ones(2)), torch.full((2,), 2.0))
+    assert calls == ["compiled"] * 3
 
 
 def test_compile_checks_its_argument():
