@@ -115,6 +115,36 @@ def test_a_density_that_returns_minus_inf_or_nan_is_a_divergence_without_a_warni
     assert not [w for w in caught if w.category is DensityErrorWarning]
 
 
+class _NanGradientBeyondTheBound(torch.autograd.Function):
+    """The identity, whose gradient is NaN for the rows with ``theta[0] > BOUND``."""
+
+    @staticmethod
+    def forward(ctx, theta):
+        ctx.save_for_backward(theta)
+        return theta.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        (theta,) = ctx.saved_tensors
+        return torch.where(theta[:, :1] > BOUND, math.nan, grad)
+
+
+def test_a_finite_density_with_a_nan_gradient_is_a_divergence_without_a_warning():
+    torch.set_default_dtype(torch.float64)
+
+    def density(theta):
+        lp = -0.5 * _NanGradientBeyondTheBound.apply(theta).pow(2).sum(-1)
+        return torch.where(theta[:, 0] > 2 * BOUND, -math.inf, lp)  # kept within reach
+
+    post, caught = _sample(NUTS(chains=4, warmup=100, draws=100), density=density)
+    assert int(post.sample_stats["density_raised"].sum()) == 0
+    assert int(post.sample_stats["diverging"].sum()) > 0
+    # a leapfrog step to a NaN gradient diverges, so no draw lies beyond the bound
+    assert bool((post.theta[..., 0] <= BOUND).all())
+    assert bool(torch.isfinite(post.theta).all())
+    assert not [w for w in caught if w.category is DensityErrorWarning]
+
+
 def test_a_density_that_raises_at_the_start_names_the_chains_and_the_error():
     torch.set_default_dtype(torch.float64)
     start = torch.zeros(4, 2)
