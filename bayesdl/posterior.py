@@ -50,7 +50,7 @@ KINDS = ("mcmc", "particles", "variational")
 _FORMAT = "bayesdl.Posterior/1"
 #: Formats that extend this one, and the class that loads them (imported when such a file is read).
 _EXTENDED_FORMATS = {
-    "bayesdl.SparsePosterior/1": "bayesdl.inference.sparse_posterior:SparsePosterior",
+    "bayesdl.SparsePosterior/1": "bayesdl.inference.vi.sparse.posterior:SparsePosterior",
 }
 #: Bytes a forward pass may hold at once while predicting (default 256 MiB): hidden activations
 #: of every draw and row evaluated together, measured on a few rows (:mod:`bayesdl._memory`).

@@ -36,8 +36,9 @@ The reference sampler (Springenberg et al. 2016, as in ``optbnn``'s ``AdaptiveSG
 
 where ``grad U`` is the full-data gradient of the negative log joint (the per-example loss
 times ``scale_grad = N``) and ``M^-1 = 1 / sqrt(v_hat)`` adapts during burn-in. bayesdl's SGHMC
-(``inference/sgmcmc.py``) updates ``v <- (1 - alpha) v + eta M^-1 g + N(0, 2 alpha eta M^-1 -
-eta^2)`` with ``g`` the full-data gradient of the log joint and the same adaptive ``M^-1``.
+(``inference/sgmcmc/samplers.py``) updates
+``v <- (1 - alpha) v + eta M^-1 g + N(0, 2 alpha eta M^-1 - eta^2)`` with ``g`` the full-data
+gradient of the log joint and the same adaptive ``M^-1``.
 The two coincide for ``alpha = mdecay`` and ``eta = lr^2``: the paper's lr 1e-2 is bayesdl's
 ``lr=1e-4`` (``--lr`` takes the paper's value and squares it). Remaining differences: the
 reference clips the per-example gradient norm at 100 (bayesdl does not clip); the reference

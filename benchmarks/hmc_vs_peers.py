@@ -251,13 +251,13 @@ def gradient_cost(bnn: BNN, data, chains: int, repeats: int = 50) -> dict:
     """Median microseconds of one vectorised gradient of log_joint (eager and compiled), and of
     one eager leapfrog step."""
     from bayesdl.inference.compilation import compile_step, skip_guard_checks
-    from bayesdl.inference.integrator import (
+    from bayesdl.inference.mcmc.integrators import (
         IntegratorState,
         functional_value_and_grad,
         leapfrog,
         value_and_grad,
     )
-    from bayesdl.inference.metric import Metric
+    from bayesdl.inference.mcmc.mass_matrix import Metric
 
     fn = bnn.log_joint_fn(data.x_train, data.y_train)
     potential = value_and_grad(fn)

@@ -56,8 +56,8 @@ import torch
 import bayesdl
 from bayesdl import diagnostics, likelihoods, priors
 from bayesdl.inference.base import NonFiniteError
-from bayesdl.inference.kernels import RBF
-from bayesdl.inference.svgd import SVGD
+from bayesdl.inference.particles.stein_kernels import RBF
+from bayesdl.inference.particles.svgd import SVGD
 from bayesdl.models import BNN, MLP
 
 METHODS: dict[str, dict] = {

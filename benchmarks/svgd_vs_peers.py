@@ -47,7 +47,7 @@ from pyro.optim import Adam
 import bayesdl
 from bayesdl import likelihoods, priors
 from bayesdl.inference.compilation import skip_guard_checks
-from bayesdl.inference.svgd import SVGD
+from bayesdl.inference.particles.svgd import SVGD
 from bayesdl.models import BNN, MLP
 
 HIDDEN, NOISE, LR = 50, 0.5, 1e-3

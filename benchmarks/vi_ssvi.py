@@ -42,8 +42,8 @@ import bayesdl
 from bayesdl import likelihoods, priors
 from bayesdl.diagnostics import accuracy, expected_calibration_error, ood_auroc, predictive_entropy
 from bayesdl.inference.base import Minibatches
-from bayesdl.inference.ssvi import SSVI
-from bayesdl.inference.vi import VI
+from bayesdl.inference.vi.sparse.ssvi import SSVI
+from bayesdl.inference.vi.vi import VI
 from bayesdl.models import BNN, MLP
 
 DENSITIES = (0.5, 0.2, 0.1, 0.05)

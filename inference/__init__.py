@@ -6,14 +6,14 @@ find them.
 
 from .base import Backend, Callback, NonFiniteError, StepEvent
 from .health import ConvergenceWarning, DensityErrorWarning
-from .hmc import HMC
-from .nuts import NUTS
-from .schedules import Constant, Cyclical
-from .sgmcmc import SGHMC, SGLD
-from .sparse_posterior import SparsePosterior
-from .ssvi import SSVI
-from .svgd import SVGD
-from .vi import VI
+from .mcmc.hmc import HMC
+from .mcmc.nuts import NUTS
+from .particles.svgd import SVGD
+from .sgmcmc.samplers import SGHMC, SGLD
+from .sgmcmc.schedules import Constant, Cyclical
+from .vi.sparse.posterior import SparsePosterior
+from .vi.sparse.ssvi import SSVI
+from .vi.vi import VI
 
 #: Every backend by name.
 BACKENDS: dict[str, type[Backend]] = {

@@ -89,8 +89,9 @@ def compile_step(fn: Callable[..., Any]) -> Callable[..., Any]:
                 with torch.compiler.set_stance("default"):  # guards are built, not skipped
                     out = compiled(*args)
             except Exception as err:  # a failure of the compiler, or of the step itself
-                # the step's own error (a log density that raises, :mod:`.robust`) raises
-                # eagerly too: it propagates, and the next call tries the graph again
+                # the step's own error (a log density that raises,
+                # :mod:`bayesdl.inference.mcmc.robust`) raises eagerly too: it propagates, and the
+                # next call tries the graph again
                 out = fn(*args)
                 first_line = (str(err).splitlines() or [""])[0]
                 warnings.warn(

@@ -9,9 +9,9 @@ A run that goes wrong must say so, naming the cause and the fix. For HMC and NUT
   a few training inputs (the *probe inputs*, :data:`PROBE_ROWS` of them) is above
   :data:`RHAT_MAX` with two chains or more. Function space, because weight-space R-hat is
   meaningless for networks (permuting hidden units leaves the function unchanged);
-* **a density that raised** at some proposals (:mod:`.robust`): each made a divergent
-  transition of its chain; a :class:`DensityErrorWarning` names the error, the chains and how
-  often, in warmup and while sampling;
+* **a density that raised** at some proposals (:mod:`bayesdl.inference.mcmc.robust`): each made
+  a divergent transition of its chain; a :class:`DensityErrorWarning` names the error, the chains
+  and how often, in warmup and while sampling;
 * **stuck chains**: nearly every transition diverged (more than :data:`STUCK_FRACTION`), the
   mean acceptance is about 0 (below :data:`STUCK_ACCEPTANCE`), or a chain never moved: the
   draws are then the starting points, not the posterior.
@@ -71,7 +71,8 @@ class ConvergenceWarning(UserWarning):
 
 class DensityErrorWarning(ConvergenceWarning):
     """The log density raised at some proposals of an HMC/NUTS run; each such proposal was
-    a divergent transition of its chain, the other chains went on (:mod:`.robust`)."""
+    a divergent transition of its chain, the other chains went on
+    (:mod:`bayesdl.inference.mcmc.robust`)."""
 
 
 #: Warn when more than this share of the iterations hit the depth (or step) cap.
@@ -260,7 +261,7 @@ def density_problems(posterior: Posterior) -> list[str]:
     """Where the log density of an HMC/NUTS run raised (at most one message).
 
     Reads ``sample_stats["density_raised"]`` and ``attrs["density_raised_warmup"]`` and
-    ``attrs["density_error"]`` (:func:`.mcmc.run_mcmc`).
+    ``attrs["density_error"]`` (:func:`bayesdl.inference.mcmc.run.run_mcmc`).
     """
     stats, attrs = posterior.sample_stats, posterior.attrs
     in_warmup = int(attrs.get("density_raised_warmup", 0))

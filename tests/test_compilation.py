@@ -19,14 +19,14 @@ from torch import nn
 from bayesdl import likelihoods, priors
 from bayesdl.inference import HMC, NUTS, compilation
 from bayesdl.inference.compilation import compile_step, skip_guard_checks
-from bayesdl.inference.integrator import (
+from bayesdl.inference.mcmc.integrators import (
     IntegratorState,
     functional_value_and_grad,
     value_and_grad,
 )
-from bayesdl.inference.metric import Metric
+from bayesdl.inference.mcmc.mass_matrix import Metric
+from bayesdl.inference.mcmc.trajectory import hmc_step, hmc_transition, nuts_leaves, nuts_transition
 from bayesdl.inference.rng import ChainRNG
-from bayesdl.inference.trajectory import hmc_step, hmc_transition, nuts_leaves, nuts_transition
 from bayesdl.models import BNN
 
 #: torch.compile's CPU backend builds C++; without a compiler it falls back (tested below).
@@ -190,7 +190,7 @@ def test_a_step_that_cannot_compile_runs_eagerly_after_a_warning(monkeypatch):
 
 
 def test_a_step_that_raises_on_its_first_call_is_not_taken_for_a_compiler_failure(monkeypatch):
-    # a log density that raises at the first proposal (inference/robust.py) raises eagerly too:
+    # a log density that raises at the first proposal (inference/mcmc/robust.py) raises eagerly too:
     # its error propagates, without the fallback warning, and later calls still run compiled
     calls = []
 

@@ -4,7 +4,7 @@ The default suite runs them on small BNNs and small data, with fixed and learned
 noise; NUTS and HMC (2,000 full-data iterations whatever the model) on Bayesian linear
 regression, where their trees are shallow, and, with the slow tests, on the quickstart's
 10-20-1 tanh MLP on diabetes (a few minutes each on one core; see
-``bayesdl.inference.hmc.HamiltonianBackend`` for the defaults that make them finish).
+``bayesdl.inference.mcmc.hmc.HamiltonianBackend`` for the defaults that make them finish).
 """
 
 from __future__ import annotations

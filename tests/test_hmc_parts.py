@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from bayesdl.inference import HMC, NUTS
-from bayesdl.inference.adaptation import DualAveraging, Welford, find_step_size, mass_windows
-from bayesdl.inference.integrator import IntegratorState, leapfrog, value_and_grad
-from bayesdl.inference.metric import Metric
+from bayesdl.inference.mcmc.adaptation import DualAveraging, Welford, find_step_size, mass_windows
+from bayesdl.inference.mcmc.integrators import IntegratorState, leapfrog, value_and_grad
+from bayesdl.inference.mcmc.mass_matrix import Metric
 from bayesdl.inference.rng import ChainRNG
 
 
@@ -163,7 +163,7 @@ def test_sample_returns_a_posterior_without_a_bnn():
 
 def test_hmc_defaults_to_a_quarter_period_trajectory_and_fits_a_bnn():
     from bayesdl import likelihoods, priors
-    from bayesdl.inference.hmc import DEFAULT_TRAJECTORY_LENGTH
+    from bayesdl.inference.mcmc.hmc import DEFAULT_TRAJECTORY_LENGTH
     from bayesdl.models import BNN, MLP
 
     hmc = HMC()
@@ -187,7 +187,7 @@ def test_eager_leaves_with_python_indices_match_the_tensor_indexed_leaves_exactl
     # the eager transition calls nuts_leaf with Python slot indices and skips the U-turn checks
     # and checkpoint writes that cannot matter; the tensor-indexed leaves (what a compiled step
     # runs) do all of them: both must give the same draws, bit for bit
-    from bayesdl.inference.trajectory import nuts_leaves, nuts_transition
+    from bayesdl.inference.mcmc.trajectory import nuts_leaves, nuts_transition
 
     torch.set_default_dtype(torch.float64)
     chains, dim = 5, 3

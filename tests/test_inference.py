@@ -50,8 +50,10 @@ def test_nuts_settings_are_checked(kwargs, arg):
 def test_bad_data_fails_before_any_sampling(monkeypatch):
     bnn, x, y = _linear_problem()
     called = []
-    monkeypatch.setattr("bayesdl.inference.hmc.run_pyro_mcmc", lambda *a, **k: called.append(1))
-    monkeypatch.setattr("bayesdl.inference.hmc.run_mcmc", lambda *a, **k: called.append(1))
+    monkeypatch.setattr(
+        "bayesdl.inference.mcmc.hmc.run_pyro_mcmc", lambda *a, **k: called.append(1)
+    )
+    monkeypatch.setattr("bayesdl.inference.mcmc.hmc.run_mcmc", lambda *a, **k: called.append(1))
     x_bad = x.clone()
     x_bad[3, 1] = float("nan")
     with pytest.raises(ValueError, match=r"^x:"):

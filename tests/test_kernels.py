@@ -12,7 +12,13 @@ import pytest
 import torch
 
 from bayesdl import likelihoods, priors
-from bayesdl.inference.kernels import (
+from bayesdl.inference.particles.scores import (
+    GaussianProcessScore,
+    kde_score,
+    sge_score,
+    ssge_score,
+)
+from bayesdl.inference.particles.stein_kernels import (
     IMQ,
     RBF,
     Hybrid,
@@ -20,7 +26,6 @@ from bayesdl.inference.kernels import (
     median_bandwidth,
     pairwise_sq_dists,
 )
-from bayesdl.inference.ssge import GaussianProcessScore, kde_score, sge_score, ssge_score
 from bayesdl.models import BNN, MLP
 
 DTYPE = torch.float64

@@ -1,4 +1,4 @@
-"""Log densities that raise at some proposals (``inference/robust.py``): a divergence of that
+"""Log densities that raise at some proposals (``inference/mcmc/robust.py``): a divergence of that
 chain only, counted in ``sample_stats`` and named in a warning; at the start, a clear error.
 
 The target: a standard Gaussian in 2-D truncated to ``theta[0] < 1``, written as a
@@ -22,8 +22,8 @@ import pytest
 import torch
 
 from bayesdl.inference import HMC, NUTS, ConvergenceWarning, DensityErrorWarning
-from bayesdl.inference.integrator import value_and_grad
-from bayesdl.inference.robust import RobustPotential, is_density_error, start_values
+from bayesdl.inference.mcmc.integrators import value_and_grad
+from bayesdl.inference.mcmc.robust import RobustPotential, is_density_error, start_values
 
 BOUND = 1.0
 #: E[theta_0] of a standard normal truncated to theta_0 < 1: -phi(1) / Phi(1).

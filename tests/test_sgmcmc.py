@@ -10,7 +10,7 @@ import torch
 from bayesdl import likelihoods, priors
 from bayesdl.functional import FlatLayout, SiteSpec
 from bayesdl.inference import SGHMC, SGLD, Constant, Cyclical, NonFiniteError, StepEvent
-from bayesdl.inference.preconditioners import Adaptive, Layerwise
+from bayesdl.inference.sgmcmc.preconditioners import Adaptive, Layerwise
 from bayesdl.models import BNN, MLP
 
 
@@ -146,7 +146,7 @@ def test_settings_are_checked():
 
 
 def test_default_learning_rate_scales_with_num_data_and_does_not_diverge_on_many_rows():
-    from bayesdl.inference.sgmcmc import DEFAULT_LR_PER_DATUM
+    from bayesdl.inference.sgmcmc.samplers import DEFAULT_LR_PER_DATUM
 
     n = 20_000
     gen = torch.Generator().manual_seed(0)

@@ -9,19 +9,19 @@ import torch
 
 from bayesdl import Posterior, likelihoods, priors
 from bayesdl.inference import StepEvent
-from bayesdl.inference.elbo import FunctionalELBO
-from bayesdl.inference.layers import LinearLayer, probe_linear_layers
-from bayesdl.inference.sparse_cost import training_flops_ratio
-from bayesdl.inference.sparse_masks import (
+from bayesdl.inference.vi.elbo import FunctionalELBO
+from bayesdl.inference.vi.guides import MeanField
+from bayesdl.inference.vi.linear_layers import LinearLayer, probe_linear_layers
+from bayesdl.inference.vi.sparse.cost import training_flops_ratio
+from bayesdl.inference.vi.sparse.masks import (
     SparseSite,
     drop_fraction_at,
     removal_score,
     update_mask,
 )
-from bayesdl.inference.sparse_posterior import SparsePosterior, pack_mask, unpack_mask
-from bayesdl.inference.ssvi import SSVI
-from bayesdl.inference.variational import MeanField
-from bayesdl.inference.vi import VI
+from bayesdl.inference.vi.sparse.posterior import SparsePosterior, pack_mask, unpack_mask
+from bayesdl.inference.vi.sparse.ssvi import SSVI
+from bayesdl.inference.vi.vi import VI
 from bayesdl.models import BNN, MLP, ConvNet
 
 
@@ -316,7 +316,7 @@ def test_initial_sparse_means_keep_the_dense_scale():
 
 
 def test_grown_coordinates_restart_at_zero_mean_and_the_sites_mean_scale():
-    from bayesdl.inference.optim import make_optimizer
+    from bayesdl.inference.vi.optim import make_optimizer
 
     bnn, x, y = _classification(hidden=32)
     ssvi = SSVI(density=0.2, steps=20, update_every=10, drop_fraction=0.6, lr=0.05)
@@ -347,7 +347,7 @@ def test_grown_coordinates_restart_at_zero_mean_and_the_sites_mean_scale():
 
 def test_sparse_posterior_load_and_save_give_clear_errors(tmp_path):
     """A damaged file or a folder names ``path``, as ``Posterior.load``/``save`` do."""
-    from bayesdl.inference.sparse_posterior import SparsePosterior
+    from bayesdl.inference.vi.sparse.posterior import SparsePosterior
 
     damaged = tmp_path / "damaged.pt"
     damaged.write_bytes(b"not a posterior")

@@ -17,9 +17,9 @@ from statistical.blr import linear_regression
 from bayesdl import Posterior, likelihoods, priors
 from bayesdl.inference import ConvergenceWarning
 from bayesdl.inference.base import NonFiniteError
-from bayesdl.inference.kernels import IMQ, RBF, Hybrid
-from bayesdl.inference.ssge import GaussianProcessScore
-from bayesdl.inference.svgd import SVGD, annealing, uniform_domain
+from bayesdl.inference.particles.scores import GaussianProcessScore
+from bayesdl.inference.particles.stein_kernels import IMQ, RBF, Hybrid
+from bayesdl.inference.particles.svgd import SVGD, annealing, uniform_domain
 from bayesdl.models import BNN, MLP
 
 DTYPE = torch.float64
@@ -357,7 +357,7 @@ def zero_prior(f, inputs):
 # ------------------------------------------------------------------------------ the update
 def test_pull_back_is_the_jacobian_transpose_product(seed):
     """f-SVGD's weight update is J_i^T phi_f[i], checked against an explicit Jacobian."""
-    from bayesdl.inference.svgd import _pull_back
+    from bayesdl.inference.particles.svgd import _pull_back
 
     bnn, x, y = regression_1d(seed)
     svgd = SVGD(particles=3, kernel="function")

@@ -18,9 +18,9 @@ from torch import nn
 from bayesdl import likelihoods, priors
 from bayesdl.inference import compilation
 from bayesdl.inference.base import NonFiniteError
-from bayesdl.inference.kernels import IMQ, RBF, Kernel
-from bayesdl.inference.svgd import SVGD
-from bayesdl.inference.svgd_targets import _Density
+from bayesdl.inference.particles.stein_kernels import IMQ, RBF, Kernel
+from bayesdl.inference.particles.svgd import SVGD
+from bayesdl.inference.particles.targets import _Density
 from bayesdl.models import BNN
 
 #: torch.compile's CPU backend builds C++; without a compiler it falls back (tested below).

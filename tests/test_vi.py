@@ -13,12 +13,12 @@ from torch import nn
 from bayesdl import Posterior, likelihoods, priors
 from bayesdl._seeding import seeded
 from bayesdl.inference import SSVI, NonFiniteError, StepEvent
-from bayesdl.inference.elbo import FunctionalELBO, expected_log_prob, has_closed_form
-from bayesdl.inference.local_reparam import LayerNoise, local_reparameterization
-from bayesdl.inference.optim import kl_weight
-from bayesdl.inference.variational import MeanField, guide_from_posterior
-from bayesdl.inference.vi import VI
-from bayesdl.inference.vi_pyro import PyroTrainer
+from bayesdl.inference.vi.elbo import FunctionalELBO, expected_log_prob, has_closed_form
+from bayesdl.inference.vi.guides import MeanField, guide_from_posterior
+from bayesdl.inference.vi.local_reparam import LayerNoise, local_reparameterization
+from bayesdl.inference.vi.optim import kl_weight
+from bayesdl.inference.vi.pyro_engine import PyroTrainer
+from bayesdl.inference.vi.vi import VI
 from bayesdl.models import BNN, MLP, ConvNet
 
 Z_MAX = 4.0  # two-sided z threshold: P(|z| > 4) = 6e-5 per comparison under the null
@@ -99,7 +99,7 @@ def test_engine_defaults_follow_the_engine():
 def test_bad_data_fails_before_any_work(monkeypatch):
     bnn, x, y = _regression()
     started = []
-    monkeypatch.setattr("bayesdl.inference.vi.Driver.run", lambda *a, **k: started.append(1))
+    monkeypatch.setattr("bayesdl.inference.vi.vi.Driver.run", lambda *a, **k: started.append(1))
     x_bad = x.clone()
     x_bad[2, 0] = math.nan
     with pytest.raises(ValueError, match=r"^x:"):

@@ -52,7 +52,7 @@ import torch
 import bayesdl
 from bayesdl import diagnostics, likelihoods, priors
 from bayesdl.inference import NUTS
-from bayesdl.inference.svgd import SVGD, uniform_domain
+from bayesdl.inference.particles.svgd import SVGD, uniform_domain
 from bayesdl.models import BNN, MLP
 
 SMOKE = os.environ.get("BAYESDL_SMOKE") == "1"

@@ -47,9 +47,9 @@ import torch
 import bayesdl
 from bayesdl import likelihoods, priors
 from bayesdl.diagnostics import accuracy, expected_calibration_error, ood_auroc, predictive_entropy
-from bayesdl.inference.sparse_posterior import SparsePosterior
-from bayesdl.inference.ssvi import SSVI
-from bayesdl.inference.vi import VI
+from bayesdl.inference.vi.sparse.posterior import SparsePosterior
+from bayesdl.inference.vi.sparse.ssvi import SSVI
+from bayesdl.inference.vi.vi import VI
 from bayesdl.models import BNN, MLP
 
 SMOKE = os.environ.get("BAYESDL_SMOKE") == "1"

@@ -24,8 +24,8 @@ import math
 import pytest
 import torch
 
-from bayesdl.inference.kernels import RBF, Hybrid
-from bayesdl.inference.svgd import SVGD
+from bayesdl.inference.particles.stein_kernels import RBF, Hybrid
+from bayesdl.inference.particles.svgd import SVGD
 from bayesdl.models import BNN
 
 from .blr import linear_regression

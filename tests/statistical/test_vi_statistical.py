@@ -23,9 +23,9 @@ import torch
 
 from bayesdl import likelihoods, priors
 from bayesdl._seeding import seeded
-from bayesdl.inference.elbo import FunctionalELBO
-from bayesdl.inference.variational import MeanField
-from bayesdl.inference.vi import VI
+from bayesdl.inference.vi.elbo import FunctionalELBO
+from bayesdl.inference.vi.guides import MeanField
+from bayesdl.inference.vi.vi import VI
 from bayesdl.models import BNN
 
 from .blr import LinearRegression

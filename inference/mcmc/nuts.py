@@ -11,10 +11,10 @@ from torch import Tensor
 
 from bayesdl._checks import check_count
 
-from .compilation import compile_step
+from ..compilation import compile_step
 from .hmc import BNN_MAX_TREE_DEPTH, MAX_TREE_DEPTH, HamiltonianBackend
-from .mcmc import Transition
 from .robust import robust_step
+from .run import Transition
 from .trajectory import nuts_leaves, nuts_transition
 
 __all__ = ["NUTS"]

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from bayesdl._checks import check_count, check_positive, check_probability
 
-from .kernels import RBF, Kernel
+from .stein_kernels import RBF, Kernel
 
 __all__ = [
     "GaussianProcessScore",
@@ -69,7 +69,7 @@ def ssge_score(
     where :math:`\beta_j` is Stein's identity :math:`\mathbb E_q[\psi_j \nabla\log q] =
     -\mathbb E_q[\nabla\psi_j]` estimated from the samples. For a radial kernel
     :math:`\sum_m \nabla\psi_j(x^m) = \frac{\sqrt M}{\lambda_j} (R^\top u_j)` with the
-    kernel's repulsion matrix ``R`` (:class:`~bayesdl.inference.kernels.KernelMatrix`), so no
+    kernel's repulsion matrix ``R`` (:class:`~.stein_kernels.KernelMatrix`), so no
     ``M x M x d`` tensor is formed.
 
     Parameters

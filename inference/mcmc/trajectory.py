@@ -27,9 +27,9 @@ and the transition ends when every chain has stopped. A leaf is :func:`nuts_leaf
 whose tensors keep their shapes from leaf to leaf (it writes one checkpoint slot in place,
 chosen by an index tensor, and checks all ``max_tree_depth`` slots under a mask of those the
 leaf closes); :func:`nuts_leaves` chains a few of them, and ``compile=True`` captures that in
-one graph which serves the whole run (:mod:`.compilation`). Run eagerly, a leaf gets Python
-indices instead and skips what cannot matter: even leaves close no block (no U-turn check),
-and odd leaves write no slot (theirs is never read); the draws are the same, bit for bit.
+one graph which serves the whole run (:mod:`bayesdl.inference.compilation`). Run eagerly, a
+leaf gets Python indices instead and skips what cannot matter: even leaves close no block (no U-turn
+check), and odd leaves write no slot (theirs is never read); the draws are the same, bit for bit.
 
 **HMC** runs a fixed number of leapfrog steps per chain (chains with fewer steps are
 masked) and accepts the end point with probability :math:`\min(1, e^{H_0 - H_L})`.
@@ -46,9 +46,9 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from .integrator import IntegratorState, Potential, leapfrog, where
-from .metric import Metric
-from .rng import ChainRNG
+from ..rng import ChainRNG
+from .integrators import IntegratorState, Potential, leapfrog, where
+from .mass_matrix import Metric
 
 __all__ = [
     "TransitionInfo",

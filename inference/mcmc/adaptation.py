@@ -26,9 +26,9 @@ import math
 import torch
 from torch import Tensor
 
-from .integrator import IntegratorState, Potential, leapfrog
-from .metric import Metric
-from .rng import ChainRNG
+from ..rng import ChainRNG
+from .integrators import IntegratorState, Potential, leapfrog
+from .mass_matrix import Metric
 
 __all__ = ["DualAveraging", "Welford", "find_step_size", "mass_windows"]
 

@@ -18,10 +18,10 @@ optional annealing factor on the driving term):
   \nabla_f \log p_{\mathrm{prior}}(f)`, and pulled back to the weights with one
   vector-Jacobian product, :math:`\phi_i = J_i^\top \phi_f(f_i)`,
   :math:`J_i = \partial f_i / \partial w_i`. The functional prior's score is estimated with
-  SSGE (:func:`~bayesdl.inference.ssge.ssge_score`) from the functions of fresh prior draws at
-  :math:`X_M` (or given exactly, e.g. :class:`~bayesdl.inference.ssge.GaussianProcessScore`).
+  SSGE (:func:`~.scores.ssge_score`) from the functions of fresh prior draws at
+  :math:`X_M` (or given exactly, e.g. :class:`~.scores.GaussianProcessScore`).
   The weight prior enters only through this functional prior.
-* **h-SVGD**, a :class:`~bayesdl.inference.kernels.Hybrid` kernel: the weight-space score
+* **h-SVGD**, a :class:`~.stein_kernels.Hybrid` kernel: the weight-space score
   smoothed by the driving kernel, plus the repulsion of the composed function-space kernel
   :math:`k_f(f(w_j), f(w_i))`, differentiated in :math:`w_j` through particle *j*'s Jacobian:
   :math:`\phi_i = \frac1P \sum_j [\gamma_t\, k_w(w_j, w_i)\, s_j
@@ -31,7 +31,7 @@ optional annealing factor on the driving term):
   "wgd-ssge"``: :math:`\phi_i = \gamma_t s_i - \widehat{\nabla \log \rho}(\cdot_i)`, the
   Wasserstein gradient flow of the KL divergence with the particles' density gradient estimated
   by a kernel density estimate, the Stein gradient estimator or SSGE
-  (:mod:`~bayesdl.inference.ssge`), in weight space or, with a function-space kernel, in
+  (:mod:`~.scores`), in weight space or, with a function-space kernel, in
   function space (fWGD, pulled back through :math:`J_i`).
 * **stochastic SVGD** (``stochastic=True``, Gallego & Insua 2018): Langevin noise with the
   kernel matrix as diffusion, :math:`\xi = \sqrt{2 / (P\,\mathrm{lr})}\,K^{1/2}\eta`,
@@ -77,13 +77,13 @@ from bayesdl.likelihoods import Categorical
 from bayesdl.models import BNN
 from bayesdl.posterior import Posterior
 
-from .base import Backend, Callback, Driver, as_callbacks, finish
-from .checks import check_bnn, check_start
-from .compilation import compile_step, skip_guard_checks
-from .health import particle_problems, warn_all
-from .kernels import RBF, Hybrid, Kernel, KernelMatrix, pair_median, pairwise_sq_dists
-from .ssge import kde_score, sge_score, ssge_score
-from .svgd_targets import (
+from ..base import Backend, Callback, Driver, as_callbacks, finish
+from ..checks import check_bnn, check_start
+from ..compilation import compile_step, skip_guard_checks
+from ..health import particle_problems, warn_all
+from .scores import kde_score, sge_score, ssge_score
+from .stein_kernels import RBF, Hybrid, Kernel, KernelMatrix, pair_median, pairwise_sq_dists
+from .targets import (
     MeasurementLike,
     PriorScore,
     _BNNTarget,
@@ -204,8 +204,8 @@ class SVGD(Backend):
     kernel
         ``"weight"`` (RBF on ``theta``), ``"function"`` (RBF on the outputs at the measurement
         set), ``"hybrid"`` (weight-space driving kernel, function-space repulsion), a
-        :class:`~bayesdl.inference.kernels.Kernel` (its ``space`` says where it acts), a
-        :class:`~bayesdl.inference.kernels.Hybrid`, or ``None`` (deep ensemble: no kernel).
+        :class:`~.stein_kernels.Kernel` (its ``space`` says where it acts), a
+        :class:`~.stein_kernels.Hybrid`, or ``None`` (deep ensemble: no kernel).
     steps
         Number of updates.
     optimizer
@@ -231,7 +231,7 @@ class SVGD(Backend):
         posterior's (Snelson with a 1-50-1 tanh net and 50 uniform points per step: predictive
         sd 1.8 outside the data with 20 prior draws, 1.9 with 200, against 0.52 measuring on
         the data and 0.22 for NUTS; ``tutorials/03_svgd.py``). Use extra points with an exact
-        prior score (``prior_score=`` :class:`~bayesdl.inference.ssge.GaussianProcessScore`,
+        prior score (``prior_score=`` :class:`~.scores.GaussianProcessScore`,
         e.g. the GP a :class:`~bayesdl.priors.GPMatched` prior was fitted to); with SSGE a
         warning says so.
     measurement_size
@@ -258,12 +258,12 @@ class SVGD(Backend):
     prior_score
         Function space: ``"ssge"`` (estimate the functional prior's score from the functions of
         fresh prior draws) or a callable ``(f (P, N, C), x (N, ...)) -> (P, N, C)`` giving it
-        exactly, e.g. :class:`~bayesdl.inference.ssge.GaussianProcessScore`.
+        exactly, e.g. :class:`~.scores.GaussianProcessScore`.
     prior_draws
         Prior draws per step for SSGE (default: ``particles``, as D'Angelo et al., whose code
         draws as many prior functions as there are particles; at least 2).
     ssge_eta
-        Ridge of the SSGE/SGE estimates (:func:`~bayesdl.inference.ssge.ssge_score`): 0.01 as
+        Ridge of the SSGE/SGE estimates (:func:`~.scores.ssge_score`): 0.01 as
         in D'Angelo et al. The SSGE kernel is an RBF with the median heuristic
         (:math:`\sigma` the median pairwise distance of the prior functions), as theirs.
     init
@@ -292,7 +292,7 @@ class SVGD(Backend):
         ``SGD`` without momentum (``weight_decay``), the optimiser's update itself, in one
         graph compiled once per run (full batch or minibatches alike); other optimisers step
         eagerly after the compiled direction. Compiled are ``update="svgd"`` with a
-        weight-space :class:`~bayesdl.inference.kernels.Kernel` and the deep ensemble
+        weight-space :class:`~.stein_kernels.Kernel` and the deep ensemble
         (``kernel=None``). Function-space and hybrid kernels and the WGD updates run eagerly
         (the setting is then ignored; ``attrs["compile"]`` of the result says which ran).
         Compiling takes tens of seconds once per run and pays off on small ensembles, where
@@ -307,7 +307,7 @@ class SVGD(Backend):
     -----
     The string kernels use Liu & Wang's bandwidth ``med / log(P + 1)``, which suits neural
     networks; on low-dimensional unimodal targets pass ``RBF(bandwidth="median")``, which is
-    more accurate there (see :func:`~bayesdl.inference.kernels.median_bandwidth`).
+    more accurate there (see :func:`~.stein_kernels.median_bandwidth`).
 
     Function-space kernels update the network weights only: the prior's hyper-latents
     (hierarchical scales) are marginalised by the functional prior and keep their initial
@@ -888,7 +888,7 @@ _NEUTRAL_KWARGS: dict[type, dict[str, Any]] = {
 
 
 def _median_bandwidth_tensor(sq_dists: Tensor, rule: str) -> Tensor:
-    """:func:`~bayesdl.inference.kernels.median_bandwidth` without a host sync (compilable)."""
+    """:func:`~.stein_kernels.median_bandwidth` without a host sync (compilable)."""
     num = sq_dists.shape[0]
     if num < 2:
         return sq_dists.new_tensor(1.0)

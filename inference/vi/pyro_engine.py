@@ -21,7 +21,7 @@ from pyro.infer.autoguide.initialization import init_to_value
 from pyro.poutine.messenger import Messenger
 from torch import Tensor
 
-from .variational import MeanField
+from .guides import MeanField
 
 if TYPE_CHECKING:  # pragma: no cover
     from bayesdl.models import BNN

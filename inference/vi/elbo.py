@@ -1,6 +1,6 @@
 r"""The functional ELBO of a BNN under a mean-field Gaussian guide, vectorised over particles.
 
-For a guide :math:`q` over unconstrained :math:`\theta` (see :mod:`.variational`) the BNN's
+For a guide :math:`q` over unconstrained :math:`\theta` (see :mod:`.guides`) the BNN's
 tempered log joint (``BNN.log_joint``) splits into a likelihood part, a prior part and the
 log-det Jacobian of the constraining transforms, so the evidence lower bound is
 
@@ -57,9 +57,9 @@ from torch.distributions.transforms import ReshapeTransform
 
 from bayesdl.functional import SiteSpec
 
-from .layers import probe_linear_layers
+from .guides import MeanField
+from .linear_layers import probe_linear_layers
 from .local_reparam import LayerNoise, local_reparameterization, reparameterizable
-from .variational import MeanField
 
 if TYPE_CHECKING:  # pragma: no cover
     from bayesdl.models import BNN
@@ -186,7 +186,7 @@ def _site_sum(terms: Tensor, site: SiteSpec, event_dims: int, mask: Tensor | Non
 
 
 class FunctionalELBO:
-    """Unbiased ELBO estimates for a BNN and a :class:`~.variational.MeanField` guide.
+    """Unbiased ELBO estimates for a BNN and a :class:`~.guides.MeanField` guide.
 
     Parameters
     ----------

@@ -1,16 +1,16 @@
 """The MCMC runner of the bayesdl engine: warmup with adaptation, then sampling, chains batched.
 
 :func:`run_mcmc` takes a transition (NUTS or HMC, from :mod:`.trajectory`), a log density
-over ``theta (C, D)`` and initial values, and runs it on the shared :class:`~.base.Driver`
-(progress bar, callbacks, Ctrl-C, NaN guard). Warmup adapts a per-chain step size by dual
-averaging and per-chain mass matrices in Stan's windows (:mod:`.adaptation`); the warmup draws
-are discarded. The result is a :class:`~bayesdl.Posterior` whose ``sample_stats`` use ArviZ's
-names: ``lp``, ``acceptance_rate``, ``step_size``, ``tree_depth``, ``n_steps``,
-``diverging``, ``energy``; and ``density_raised``, the number of evaluations of the log
-density that raised in each transition of each chain (:mod:`.robust`: each made that
-transition divergent; with ``compile=True`` the count also includes leaves computed past the
-end of a subtree, two leaves per call, which are discarded). The same count over the warmup
-is ``attrs["density_raised_warmup"]``, and the first such error ``attrs["density_error"]``.
+over ``theta (C, D)`` and initial values, and runs it on the shared
+:class:`~bayesdl.inference.base.Driver` (progress bar, callbacks, Ctrl-C, NaN guard). Warmup adapts
+a per-chain step size by dual averaging and per-chain mass matrices in Stan's windows
+(:mod:`.adaptation`); the warmup draws are discarded. The result is a :class:`~bayesdl.Posterior`
+whose ``sample_stats`` use ArviZ's names: ``lp``, ``acceptance_rate``, ``step_size``,
+``tree_depth``, ``n_steps``, ``diverging``, ``energy``; and ``density_raised``, the number of
+evaluations of the log density that raised in each transition of each chain (:mod:`.robust`: each
+made that transition divergent; with ``compile=True`` the count also includes leaves computed past
+the end of a subtree, two leaves per call, which are discarded). The same count over the warmup is
+``attrs["density_raised_warmup"]``, and the first such error ``attrs["density_error"]``.
 """
 
 from __future__ import annotations
@@ -24,13 +24,13 @@ from torch import Tensor
 
 from bayesdl.posterior import Posterior
 
+from ..base import Callback, Driver, finish
+from ..compilation import skip_guard_checks
+from ..health import ProgressMonitor
+from ..rng import ChainRNG
 from .adaptation import DualAveraging, Welford, find_step_size, mass_windows
-from .base import Callback, Driver, finish
-from .compilation import skip_guard_checks
-from .health import ProgressMonitor
-from .integrator import IntegratorState, functional_value_and_grad, value_and_grad
-from .metric import Metric
-from .rng import ChainRNG
+from .integrators import IntegratorState, functional_value_and_grad, value_and_grad
+from .mass_matrix import Metric
 from .robust import RobustPotential, start_values
 from .trajectory import TransitionInfo
 
@@ -83,14 +83,16 @@ def run_mcmc(
         Initial step size; ``None`` finds one with Hoffman & Gelman's heuristic. With
         ``warmup=0`` it is used as is (no adaptation).
     compile
-        The transition runs a compiled step (:mod:`.compilation`); its gradient is then taken
-        with :func:`torch.func` (:func:`.integrator.functional_value_and_grad`). Either way
-        the transition gets a :class:`~.robust.RobustPotential`.
+        The transition runs a compiled step (:mod:`bayesdl.inference.compilation`); its
+        gradient is then taken with :func:`torch.func`
+        (:func:`.integrators.functional_value_and_grad`). Either way the transition gets a
+        :class:`~.robust.RobustPotential`.
     seed
         One base seed, or one seed per chain (``ChainRNG.from_seed``).
     max_tree_depth, probe
-        For the progress bar (:class:`~.health.ProgressMonitor`): the share of iterations at
-        the depth cap, and the function-space R-hat at the probe inputs (with ``bnn``).
+        For the progress bar (:class:`~bayesdl.inference.health.ProgressMonitor`): the share
+        of iterations at the depth cap, and the function-space R-hat at the probe inputs (with
+        ``bnn``).
     """
     chains, dim = init_theta.shape
     dtype, device = init_theta.dtype, init_theta.device

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .metric import Metric
+from .mass_matrix import Metric
 
 __all__ = [
     "IntegratorState",

@@ -20,8 +20,8 @@ from torch import Tensor
 from bayesdl._seeding import PrivateStream
 from bayesdl.models import BNN
 
-from .base import Minibatches
-from .ssge import ssge_score
+from ..base import Minibatches
+from .scores import ssge_score
 
 __all__ = ["MeasurementLike", "PriorScore"]
 

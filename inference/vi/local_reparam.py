@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from bayesdl.functional import SiteSpec
 
-from .layers import LinearLayer
+from .linear_layers import LinearLayer
 
 __all__ = ["LayerNoise", "local_reparameterization", "reparameterizable"]
 

@@ -27,8 +27,8 @@ without being evaluated. Non-finite values that the density *returns* need none 
 NaN or infinite log density or gradient already makes an infinite or NaN energy error, hence a
 divergence of that chain.
 
-**Compiled steps.** A compiled step (:mod:`.compilation`) captures the density in its graph,
-where a failure raises as it does eagerly (torch's checks run inside the graph).
+**Compiled steps.** A compiled step (:mod:`bayesdl.inference.compilation`) captures the density
+in its graph, where a failure raises as it does eagerly (torch's checks run inside the graph).
 :func:`robust_step` runs the graph with the plain potential and, when it raises a density
 error, reruns that call eagerly with the robust potential; it also runs eagerly while a
 failure is remembered. The steps are written so that a rerun gives the same result (their only
@@ -46,7 +46,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .integrator import Potential
+from .integrators import Potential
 
 __all__ = [
     "DENSITY_ERRORS",
@@ -131,7 +131,7 @@ class RobustPotential:
     Parameters
     ----------
     potential
-        The plain potential (:func:`.integrator.value_and_grad` or its functional version).
+        The plain potential (:func:`.integrators.value_and_grad` or its functional version).
     chains
         Number of chains ``C``.
 

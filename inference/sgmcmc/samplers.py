@@ -65,11 +65,11 @@ from torch import Tensor
 from bayesdl._checks import check_count, check_positive, check_probability
 from bayesdl.posterior import Posterior
 
-from .base import Backend, Callback, Driver, Minibatches, as_callbacks, finish
-from .checks import check_bnn, check_start
-from .integrator import value_and_grad
+from ..base import Backend, Callback, Driver, Minibatches, as_callbacks, finish
+from ..checks import check_bnn, check_start
+from ..mcmc.integrators import value_and_grad
+from ..rng import ChainRNG
 from .preconditioners import make_preconditioner
-from .rng import ChainRNG
 from .schedules import Constant, Schedule
 
 if TYPE_CHECKING:  # pragma: no cover

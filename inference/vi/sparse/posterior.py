@@ -1,6 +1,6 @@
 """A Posterior whose draws live in a sparse subspace, saved as its active coordinates only.
 
-SSVI's guide is exactly zero outside a mask :math:`\\gamma` (see :mod:`.sparse_masks`), so every
+SSVI's guide is exactly zero outside a mask :math:`\\gamma` (see :mod:`.masks`), so every
 draw is too. :class:`SparsePosterior` behaves as a :class:`~bayesdl.Posterior` in every respect
 (predict, evaluate, to_arviz), and adds the mask; :meth:`SparsePosterior.save` writes only the
 active coordinates of the draws and of the guide's parameters, plus the mask packed eight
@@ -26,7 +26,7 @@ from torch import Tensor
 
 from bayesdl.posterior import Posterior, _read_payload, _save_target
 
-from .variational import ATTR
+from ..guides import ATTR
 
 if TYPE_CHECKING:  # pragma: no cover
     from bayesdl.models import BNN

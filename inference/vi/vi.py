@@ -10,14 +10,14 @@ Two engines compute the same ELBO (same expectation, a test checks it):
 * ``"functional"`` (default): vectorised over particles with ``torch.func``, the local
   reparameterisation trick for ``Linear``/``Conv`` layers (Kingma et al. 2015) and closed-form
   KL terms where the prior allows (:mod:`.elbo`);
-* ``"pyro"``: Pyro's ``Trace_ELBO`` on ``bnn.model`` with an autoguide (:mod:`.vi_pyro`).
+* ``"pyro"``: Pyro's ``Trace_ELBO`` on ``bnn.model`` with an autoguide (:mod:`.pyro_engine`).
 
 Where the result lives
 ----------------------
 * ``posterior.theta``: ``(1, draws, D)`` draws from the guide;
 * ``posterior.sample_stats["log_q"]``: ``(1, draws)``, the guide's log density at each draw;
 * ``posterior.attrs["variational"]``: the guide's ``loc`` and ``scale`` ``(D,)`` (see
-  :mod:`.variational`);
+  :mod:`.guides`);
 * ``posterior.attrs["elbo_trace"]``: ``(1, steps)``, the ELBO estimate at each optimisation
   step (with the KL weighted by the annealing weight of that step). It is not a
   ``sample_stats`` entry because those are per draw, and the trace is per step.
@@ -38,9 +38,10 @@ from bayesdl._checks import check_count, check_positive
 from bayesdl._seeding import child_seeds, seeded
 from bayesdl.posterior import Posterior
 
-from .base import Backend, Callback, Driver, Minibatches, RunOutcome, as_callbacks, finish
-from .checks import check_bnn, check_start
+from ..base import Backend, Callback, Driver, Minibatches, RunOutcome, as_callbacks, finish
+from ..checks import check_bnn, check_start
 from .elbo import ElboEstimate, FunctionalELBO
+from .guides import ATTR, MeanField, guide_from_posterior
 from .optim import (
     check_kl_anneal,
     check_lr_schedule,
@@ -49,8 +50,7 @@ from .optim import (
     make_lr_scheduler,
     make_optimizer,
 )
-from .variational import ATTR, MeanField, guide_from_posterior
-from .vi_pyro import PyroTrainer
+from .pyro_engine import PyroTrainer
 
 if TYPE_CHECKING:  # pragma: no cover
     from bayesdl.models import BNN

@@ -3,7 +3,7 @@
 Two engines run the same declaration:
 
 * ``engine="bayesdl"`` (default): all chains advance together as one batch on
-  ``bnn.log_joint`` (:mod:`.trajectory`, :mod:`.adaptation`, :mod:`.mcmc`), on the device of the
+  ``bnn.log_joint`` (:mod:`.trajectory`, :mod:`.adaptation`, :mod:`.run`), on the device of the
   BNN and data; ``sample(log_density, init_theta)`` runs it on any log density.
 * ``engine="pyro"``: Pyro's kernels on ``bnn.model``, one per chain, stepped in lockstep
   (:mod:`.pyro_engine`).
@@ -23,19 +23,19 @@ from torch import Tensor
 
 from bayesdl._checks import check_count, check_positive, check_probability
 
-from .base import Backend, Callback, as_callbacks
-from .checks import check_bnn, check_start
-from .compilation import compile_step
-from .health import (
+from ..base import Backend, Callback, as_callbacks
+from ..checks import check_bnn, check_start
+from ..compilation import compile_step
+from ..health import (
     DensityErrorWarning,
     density_problems,
     mcmc_problems,
     probe_inputs,
     warn_all,
 )
-from .mcmc import Transition, run_mcmc
 from .pyro_engine import run_pyro_mcmc
 from .robust import robust_step, start_values
+from .run import Transition, run_mcmc
 from .trajectory import hmc_step, hmc_transition
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -87,7 +87,8 @@ class HamiltonianBackend(Backend):
 
     **Health checks.** At the end of ``fit`` and ``sample`` a
     :class:`~bayesdl.inference.ConvergenceWarning` names each
-    problem of the run and its fix (:mod:`.health`): trees at the cap in most iterations,
+    problem of the run and its fix (:mod:`bayesdl.inference.health`): trees at the cap in most
+    iterations,
     chains that have not mixed (function-space split R-hat above 1.1 at a few training inputs,
     two chains or more; also shown on the progress bar as ``R^f``), and stuck chains (nearly
     every transition divergent, acceptance about 0, or a chain that never moved). A

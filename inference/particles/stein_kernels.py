@@ -21,7 +21,7 @@ detached particles and held constant in the gradient, as in Liu & Wang (2016).
 
 Each kernel declares the space it lives in: ``"weight"`` (the flat parameters ``theta``) or
 ``"function"`` (the particles' network outputs at a measurement set, flattened). The space
-only tells :class:`~bayesdl.inference.svgd.SVGD` what to feed the kernel; the mathematics is
+only tells :class:`~.svgd.SVGD` what to feed the kernel; the mathematics is
 the same. :class:`Hybrid` pairs a kernel for SVGD's driving term with another for its
 repulsive term (D'Angelo, Fortuin & Wenzel 2021).
 
@@ -120,7 +120,7 @@ def median_bandwidth(sq_dists: Tensor, rule: str = "liu") -> Tensor:
     * ``rule="median"``: :math:`h = 2\,\mathrm{med}`, so that the RBF kernel is
       :math:`\exp(-\lVert x - y\rVert^2 / 2\sigma^2)` with :math:`\sigma` the median
       pairwise distance, the classic heuristic (Shi et al. 2018 use it for SSGE; it is the
-      default of the score estimators in :mod:`~bayesdl.inference.ssge`).
+      default of the score estimators in :mod:`~.scores`).
 
     Which one to use, measured (``tests/statistical/test_svgd_statistical.py`` and the
     tutorial ``03_svgd.py``):
@@ -406,7 +406,7 @@ class Hybrid:
     For every ``i``, the cotangents :math:`\nabla_{f_j} k_f(f_j, f_i)` of all ``j`` are pulled
     back through the vectorised forward pass in one vector-Jacobian product, then summed over
     ``j``: ``P`` backward passes of the ``P`` particles per step, about ``P`` times a weight
-    kernel's cost (``svgd_targets._pull_back_pairs``).
+    kernel's cost (``targets._pull_back_pairs``).
     (Pulling :math:`\sum_j \nabla_{f_j} k_f` back through particle ``i``'s own Jacobian, as
     f-SVGD does with its function-space direction, is a different update: it is minus the
     gradient of :math:`\sum_j k_f(f_i, f_j)` in :math:`w_i`, not Stein's repulsion.)

@@ -7,14 +7,14 @@ Stored parameters
 
 Training FLOPs
     Counted as the multiply-accumulates of the ``Linear``/``Conv`` weights
-    (:mod:`.layers`), the dominant cost; with the local reparameterisation trick the mean and
-    variance paths double both the dense and the sparse cost, which cancels in the ratio. Per
-    example, the forward pass of layer ``l`` at density :math:`d_l` costs :math:`d_l F_l`,
-    and a training step forward plus backward (gradients with respect to activations and to
-    weights) three times that. A step that ends in a mask update needs the *dense* weight
-    gradient, :math:`F_l` instead of :math:`d_l F_l` (the accounting of RigL, Evci et al.
-    2020). With :math:`f_S = \sum_l d_l F_l`, :math:`f_D = \sum_l F_l`, ``steps`` steps of
-    which ``u`` update the mask,
+    (:mod:`bayesdl.inference.vi.linear_layers`), the dominant cost; with the local
+    reparameterisation trick the mean and variance paths double both the dense and the sparse cost,
+    which cancels in the ratio. Per example, the forward pass of layer ``l`` at density :math:`d_l`
+    costs :math:`d_l F_l`, and a training step forward plus backward (gradients with respect to
+    activations and to weights) three times that. A step that ends in a mask update needs the
+    *dense* weight gradient, :math:`F_l` instead of :math:`d_l F_l` (the accounting of RigL, Evci et
+    al. 2020). With :math:`f_S = \sum_l d_l F_l`, :math:`f_D = \sum_l F_l`, ``steps`` steps of which
+    ``u`` update the mask,
 
     .. math::
         \frac{\text{FLOPs}_\text{SSVI}}{\text{FLOPs}_\text{VI}}
@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from .layers import LinearLayer
+from ..linear_layers import LinearLayer
 
 __all__ = ["training_flops_ratio"]
 
@@ -41,7 +41,8 @@ def training_flops_ratio(
     Parameters
     ----------
     layers
-        The network's linear layers (:func:`~.layers.probe_linear_layers`).
+        The network's linear layers
+        (:func:`~bayesdl.inference.vi.linear_layers.probe_linear_layers`).
     density
         ``{weight name: density}``; weights not listed are dense.
     steps

@@ -26,8 +26,8 @@ import torch
 from bayesdl._seeding import child_seeds, seeded
 from bayesdl.posterior import Posterior
 
-from .base import Callback, Driver, finish
-from .health import ProgressMonitor
+from ..base import Callback, Driver, finish
+from ..health import ProgressMonitor
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import Tensor
@@ -111,7 +111,7 @@ def run_pyro_mcmc(
 
     ``make_kernel(model, init_values)`` builds one chain's kernel (``pyro.infer.NUTS(...)``)
     starting from the constrained values ``init_values``. ``max_tree_depth`` and ``probe``
-    feed the progress bar's health entries (:class:`~.health.ProgressMonitor`).
+    feed the progress bar's health entries (:class:`~bayesdl.inference.health.ProgressMonitor`).
     """
     num_chains = init_theta.shape[0]
     seeds = child_seeds(seed, num_chains, stream=1)

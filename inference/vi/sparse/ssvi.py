@@ -3,17 +3,18 @@ r"""Sparse subspace variational inference (SSVI; Li, Miao, Qiu & Zhang, ICLR 202
 SSVI keeps the mean-field guide sparse from the first step to the last: the guide is
 :math:`\mathcal N(\mu_k, \sigma_k^2)` on a fixed number of active coordinates of each weight
 tensor and exactly :math:`\delta_0` elsewhere, and the ELBO's entropy and KL terms run over the
-active coordinates only (:mod:`.variational`, :mod:`.elbo`). Training alternates
+active coordinates only (:mod:`bayesdl.inference.vi.guides`, :mod:`bayesdl.inference.vi.elbo`).
+Training alternates
 
 * optimisation of :math:`(\mu, \rho)` on the active set by the functional VI engine (masked
   coordinates get exactly zero gradient: they enter through ``torch.where``), and
 * every ``update_every`` steps, until a fraction ``drop_until`` of training, a remove-then-add
-  update of each sparse weight's mask (:mod:`.sparse_masks`) with a cosine-decaying drop
+  update of each sparse weight's mask (:mod:`.masks`) with a cosine-decaying drop
   fraction; after that the mask is frozen.
 
 Sparse sites are the weight tensors (sample sites of network parameters with two or more
 dimensions) not listed in ``dense_layers``; biases, hyper-latents and likelihood latents stay
-dense. The result is a :class:`~.sparse_posterior.SparsePosterior`, which saves only the
+dense. The result is a :class:`~.posterior.SparsePosterior`, which saves only the
 active coordinates.
 
 Differences from the reference implementation (``ljb121002/SSVI``): a mask update follows the
@@ -27,7 +28,7 @@ What it reports (``posterior.attrs["ssvi"]``, with the scalar ones also at the t
 ``attrs``): ``density`` per weight (``{name: active / numel}``), ``density_overall``
 (active / D), ``stored_params`` and ``stored_params_dense`` (``2 * active`` against
 ``2 * D``), ``flops_ratio`` (theoretical training FLOPs against dense VI,
-:mod:`.sparse_cost`), ``mask_updates`` and ``changed`` (coordinates grown per update).
+:mod:`.cost`), ``mask_updates`` and ``changed`` (coordinates grown per update).
 """
 
 from __future__ import annotations
@@ -45,10 +46,12 @@ from torch import Tensor
 from bayesdl._checks import check_count
 from bayesdl._seeding import child_seeds
 
-from .elbo import FunctionalELBO
-from .layers import probe_linear_layers
-from .sparse_cost import training_flops_ratio
-from .sparse_masks import (
+from ..elbo import FunctionalELBO
+from ..guides import MeanField
+from ..linear_layers import probe_linear_layers
+from ..vi import _SEED_MASK, VI, _FunctionalTrainer
+from .cost import training_flops_ratio
+from .masks import (
     GROWTH,
     REMOVAL,
     SparseSite,
@@ -56,9 +59,7 @@ from .sparse_masks import (
     random_mask,
     update_mask,
 )
-from .sparse_posterior import SparsePosterior
-from .variational import MeanField
-from .vi import _SEED_MASK, VI, _FunctionalTrainer
+from .posterior import SparsePosterior
 
 if TYPE_CHECKING:  # pragma: no cover
     from bayesdl.models import BNN

@@ -1,0 +1,4 @@
+"""Variational inference: mean-field VI (``vi.py``), its guide family (``guides.py``), ELBO
+estimates (``elbo.py``), the local reparameterisation trick (``local_reparam.py``) over the
+network's linear layers (``linear_layers.py``), optimisers and KL annealing (``optim.py``) and
+the Pyro reference path (``pyro_engine.py``); ``sparse/`` holds sparse subspace VI."""
