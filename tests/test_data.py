@@ -276,7 +276,7 @@ def test_mnist_test():
 
 @pytest.fixture(scope="module")
 def fashion():
-    if not FASHION_DIR.is_dir():
+    if not (FASHION_DIR / "train-images-idx3-ubyte.gz").is_file():
         pytest.skip(
             f"Fashion-MNIST not installed at {FASHION_DIR} "
             "(apt-get install dataset-fashion-mnist, or set BAYESDL_FASHION_MNIST)"
