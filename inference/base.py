@@ -11,8 +11,13 @@ returning a :class:`~bayesdl.Posterior`. Internally each algorithm takes one ste
   one carriage-return update per step;
 * callbacks, called after every step with a :class:`StepEvent` (``callbacks=`` takes a list of
   callables or a single one, :func:`as_callbacks`);
-* Ctrl-C: a ``KeyboardInterrupt`` (from the keyboard or raised by a callback) stops the loop,
-  and the backend returns the draws made so far in a Posterior marked ``partial``;
+* Ctrl-C at step boundaries: while the loop runs, a SIGINT only sets a flag
+  (:class:`~.interrupt.StepBoundaryInterrupt`), read after each step, so it never lands inside
+  a (vectorised) step; the loop stops after the step in progress and the backend returns the
+  draws made so far in a Posterior marked ``partial``. A second SIGINT before that step ends
+  raises ``KeyboardInterrupt`` at once, out of the run. A ``KeyboardInterrupt`` raised by a
+  callback, or reaching the loop when no handler could be installed (not the main thread),
+  stops the loop as the first SIGINT does;
 * a NaN guard: a step whose info reports ``finite=False`` stops the loop; the backend then
   raises :class:`NonFiniteError`, which carries the partial Posterior.
 """
@@ -34,6 +39,8 @@ from tqdm.auto import tqdm
 from bayesdl import inputs
 from bayesdl._checks import check_count
 from bayesdl.inputs import Inputs
+
+from .interrupt import StepBoundaryInterrupt
 
 if TYPE_CHECKING:  # pragma: no cover
     from bayesdl import Posterior
@@ -139,27 +146,48 @@ class Driver:
 
         ``step`` returns an info mapping; its optional key ``"postfix"`` (a dict) is shown on
         the progress bar and its optional key ``"finite"`` (bool) feeds the NaN guard.
+
+        A SIGINT during step ``i`` (or its callbacks) lets that step and its callbacks finish,
+        then ends the loop with ``RunOutcome("interrupted", stage, i)``; a non-finite step
+        reports ``"non-finite"`` first. A SIGINT after the last step leaves the run complete.
+
+        Raises
+        ------
+        KeyboardInterrupt
+            On a second SIGINT while the first is pending (:class:`.StepBoundaryInterrupt`),
+            also when the step turned it into another error (then the ``__cause__``).
         """
         total = sum(n for _, n in self.stages)
         bar = tqdm(total=total, desc=self.desc, disable=not self.progress, **_bar_options(total))
         stage, i = None, None
-        try:
-            for stage, n in self.stages:
-                for i in range(n):
-                    info = step(stage, i)
-                    if self.progress:
-                        bar.set_description(f"{self.desc} [{stage}]", refresh=False)
-                        bar.set_postfix(info.get("postfix", {}), refresh=False)
-                        bar.update()
-                    event = StepEvent(stage, i, info)
-                    for cb in self.callbacks:
-                        cb(event)
-                    if not info.get("finite", True):
-                        return RunOutcome("non-finite", stage, i)
-        except KeyboardInterrupt:
-            return RunOutcome("interrupted", stage, i)
-        finally:
-            bar.close()
+        with StepBoundaryInterrupt() as interrupt:
+            try:
+                for stage, n in self.stages:
+                    for i in range(n):
+                        info = step(stage, i)
+                        if self.progress:
+                            bar.set_description(f"{self.desc} [{stage}]", refresh=False)
+                            bar.set_postfix(info.get("postfix", {}), refresh=False)
+                            bar.update()
+                        event = StepEvent(stage, i, info)
+                        for cb in self.callbacks:
+                            cb(event)
+                        if interrupt.forced:  # a step that swallowed the second one
+                            raise KeyboardInterrupt
+                        if not info.get("finite", True):
+                            return RunOutcome("non-finite", stage, i)
+                        if interrupt.requested:
+                            return RunOutcome("interrupted", stage, i)
+            except KeyboardInterrupt:
+                if interrupt.forced:
+                    raise
+                return RunOutcome("interrupted", stage, i)
+            except Exception as error:
+                if interrupt.forced:  # e.g. turned into another error inside torch.func
+                    raise KeyboardInterrupt from error
+                raise
+            finally:
+                bar.close()
         return RunOutcome()
 
 
