@@ -42,7 +42,14 @@ from .likelihoods import Likelihood
 if TYPE_CHECKING:  # pragma: no cover
     from bayesdl.models import BNN
 
-__all__ = ["KINDS", "PREDICT_MEMORY_BUDGET", "Posterior", "Predictive"]
+__all__ = [
+    "KINDS",
+    "PREDICT_MEMORY_BUDGET",
+    "Posterior",
+    "Predictive",
+    "read_payload",
+    "save_target",
+]
 
 #: What the draws of a posterior are: MCMC draws, ensemble/SVGD particles, or variational draws.
 KINDS = ("mcmc", "particles", "variational")
@@ -618,7 +625,7 @@ class Posterior:
         TypeError, ValueError
             Naming ``path``: not a path (``None``, say), or an existing folder.
         """
-        target = _save_target(path)
+        target = save_target(path)
         try:
             bnn_bytes = pickle.dumps(self.bnn) if self.bnn is not None else None
         except (pickle.PicklingError, AttributeError, TypeError) as err:
@@ -664,7 +671,7 @@ class Posterior:
             If there is no file at ``path``.
         """
         _check_bnn(bnn)
-        payload = _read_payload(path)
+        payload = read_payload(path)
         fmt = payload.get("format")
         if fmt in _EXTENDED_FORMATS and cls is Posterior:
             module, name = _EXTENDED_FORMATS[fmt].split(":")
@@ -699,8 +706,14 @@ def _describe(path: object) -> str:
     return f"the {type(path).__name__} given"
 
 
-def _save_target(path: object) -> str | os.PathLike | BinaryIO:
-    """Check where :meth:`Posterior.save` writes, creating missing parent folders."""
+def save_target(path: object) -> str | os.PathLike | BinaryIO:
+    """Check where :meth:`Posterior.save` writes, creating missing parent folders.
+
+    For formats that extend :class:`Posterior` (such as ``SparsePosterior``) and save their
+    own payload: ``path`` itself if it is a binary file object, else its ``pathlib.Path``;
+    ``TypeError``/``ValueError`` naming ``path`` if it is neither a path nor a file, or a
+    folder.
+    """
     if hasattr(path, "write"):
         return path  # type: ignore[return-value]
     if not isinstance(path, (str, os.PathLike)):
@@ -721,8 +734,11 @@ def _save_target(path: object) -> str | os.PathLike | BinaryIO:
     return target
 
 
-def _read_payload(path: object) -> dict[str, Any]:
-    """The dict stored by :meth:`Posterior.save`; ``ValueError`` naming ``path`` otherwise."""
+def read_payload(path: object) -> dict[str, Any]:
+    """The dict stored by :meth:`Posterior.save`; ``ValueError`` naming ``path`` otherwise.
+
+    Also read by the formats that extend :class:`Posterior` (such as ``SparsePosterior``).
+    """
     if not (hasattr(path, "read") or isinstance(path, (str, os.PathLike))):
         raise TypeError(
             f"path: expected a file path (str or os.PathLike) or a binary file object, got "

@@ -260,12 +260,12 @@ def gradient_cost(bnn: BNN, data, chains: int, repeats: int = 50) -> dict:
     from bayesdl.inference.mcmc.mass_matrix import Metric
 
     fn = bnn.log_joint_fn(data.x_train, data.y_train)
-    potential = value_and_grad(fn)
-    compiled = compile_step(lambda theta, potential: potential(theta))
+    log_density_and_grad = value_and_grad(fn)
+    compiled = compile_step(lambda theta, log_density_and_grad: log_density_and_grad(theta))
     functional = functional_value_and_grad(fn)
     theta = bnn.init_theta(chains, seed=0)
     metric = Metric.identity(chains, theta.shape[1], False, theta)
-    logp, grad = potential(theta)
+    logp, grad = log_density_and_grad(theta)
     state = IntegratorState(theta, torch.zeros_like(theta), logp, grad)
     eps = torch.full((chains,), 1e-3)
 
@@ -280,8 +280,8 @@ def gradient_cost(bnn: BNN, data, chains: int, repeats: int = 50) -> dict:
             runs.append((time.perf_counter() - t) / repeats * 1e6)
         return statistics.median(runs)
 
-    grad_us = timed(lambda: potential(theta))
-    step_us = timed(lambda: leapfrog(state, eps, metric, potential))
+    grad_us = timed(lambda: log_density_and_grad(theta))
+    step_us = timed(lambda: leapfrog(state, eps, metric, log_density_and_grad))
     with skip_guard_checks():  # as the samplers call their compiled steps
         compiled_us = timed(lambda: compiled(theta, functional))
     return {

@@ -56,8 +56,8 @@ def _start(log_density, chains: int, dim: int) -> tuple[IntegratorState, Metric]
 @pytest.mark.filterwarnings("error::RuntimeWarning")  # a fallback to eager would hide the test
 def test_compiled_nuts_and_hmc_transitions_match_eager_ones():
     log_density = _correlated_gaussian()
-    eager_potential = value_and_grad(log_density)
-    compiled_potential = functional_value_and_grad(log_density)
+    eager_log_density_and_grad = value_and_grad(log_density)
+    compiled_log_density_and_grad = functional_value_and_grad(log_density)
     step_size = torch.tensor([0.3, 0.2, 0.25], dtype=torch.float64)
     leaves = compile_step(nuts_leaves)
     step = compile_step(hmc_step)
@@ -69,13 +69,18 @@ def test_compiled_nuts_and_hmc_transitions_match_eager_ones():
         for _ in range(4):
             if name == "nuts":
                 eager, info_e = nuts_transition(
-                    eager, step_size, metric, eager_potential, rng_eager, max_tree_depth=5
+                    eager,
+                    step_size,
+                    metric,
+                    eager_log_density_and_grad,
+                    rng_eager,
+                    max_tree_depth=5,
                 )
                 compiled, info_c = nuts_transition(
                     compiled,
                     step_size,
                     metric,
-                    compiled_potential,
+                    compiled_log_density_and_grad,
                     rng_compiled,
                     max_tree_depth=5,
                     leaves=leaves,
@@ -84,10 +89,16 @@ def test_compiled_nuts_and_hmc_transitions_match_eager_ones():
             else:
                 steps = torch.tensor([3, 5, 4])
                 eager, info_e = hmc_transition(
-                    eager, step_size, metric, eager_potential, rng_eager, steps
+                    eager, step_size, metric, eager_log_density_and_grad, rng_eager, steps
                 )
                 compiled, info_c = hmc_transition(
-                    compiled, step_size, metric, compiled_potential, rng_compiled, steps, step=step
+                    compiled,
+                    step_size,
+                    metric,
+                    compiled_log_density_and_grad,
+                    rng_compiled,
+                    steps,
+                    step=step,
                 )
             torch.testing.assert_close(compiled.position, eager.position, rtol=1e-10, atol=1e-10)
             torch.testing.assert_close(compiled.grad, eager.grad, rtol=1e-10, atol=1e-10)
@@ -100,7 +111,7 @@ def test_compiled_nuts_and_hmc_transitions_match_eager_ones():
 def test_several_leaves_per_call_give_the_same_transitions(per_call):
     """Leaves past a subtree's end or after every chain stopped change nothing."""
     log_density = _correlated_gaussian()
-    potential = value_and_grad(log_density)
+    log_density_and_grad = value_and_grad(log_density)
     step_size = torch.tensor([0.6, 0.42, 0.48], dtype=torch.float64)
     one, metric = _start(log_density, 3, 4)
     several = one
@@ -108,9 +119,15 @@ def test_several_leaves_per_call_give_the_same_transitions(per_call):
     rng_several = ChainRNG([1, 2, 3], dtype=torch.float64)
     steps, depths = [], []
     for _ in range(6):
-        one, info_one = nuts_transition(one, step_size, metric, potential, rng_one, 5)
+        one, info_one = nuts_transition(one, step_size, metric, log_density_and_grad, rng_one, 5)
         several, info_several = nuts_transition(
-            several, step_size, metric, potential, rng_several, 5, leaves_per_call=per_call
+            several,
+            step_size,
+            metric,
+            log_density_and_grad,
+            rng_several,
+            5,
+            leaves_per_call=per_call,
         )
         assert torch.equal(several.position, one.position)
         for field in ("n_steps", "tree_depth", "acceptance_rate", "energy", "diverging"):

@@ -14,7 +14,7 @@ from bayesdl.inference.mcmc.mass_matrix import Metric
 from bayesdl.inference.rng import ChainRNG
 
 
-def _gaussian_potential(scales: torch.Tensor):
+def _gaussian_log_density_and_grad(scales: torch.Tensor):
     return value_and_grad(lambda theta: -0.5 * ((theta / scales) ** 2).sum(-1))
 
 
@@ -76,38 +76,42 @@ def test_metric_momentum_has_covariance_m_and_kinetic_energy(dense):
 
 def test_leapfrog_is_reversible_and_nearly_conserves_energy():
     scales = torch.tensor([1.0, 3.0], dtype=torch.float64)
-    potential = _gaussian_potential(scales)
+    log_density_and_grad = _gaussian_log_density_and_grad(scales)
     metric = Metric.identity(2, 2, False, scales)
     q = torch.tensor([[0.3, -1.0], [1.0, 2.0]], dtype=torch.float64)
     p = torch.tensor([[1.0, 0.5], [-0.2, 0.1]], dtype=torch.float64)
-    logp, grad = potential(q)
+    logp, grad = log_density_and_grad(q)
     state = IntegratorState(q, p, logp, grad)
     eps = torch.tensor([0.1, 0.05], dtype=torch.float64)
     h0 = -logp + metric.kinetic_energy(p)
     forward = state
     for _ in range(20):
-        forward = leapfrog(forward, eps, metric, potential)
+        forward = leapfrog(forward, eps, metric, log_density_and_grad)
     h1 = -forward.log_density + metric.kinetic_energy(forward.momentum)
     assert bool((abs(h1 - h0) < 0.01).all())
     back = IntegratorState(forward.position, -forward.momentum, forward.log_density, forward.grad)
     for _ in range(20):
-        back = leapfrog(back, eps, metric, potential)
+        back = leapfrog(back, eps, metric, log_density_and_grad)
     torch.testing.assert_close(back.position, q)
     torch.testing.assert_close(-back.momentum, p)
     # a chain with step size zero does not move
-    still = leapfrog(state, torch.tensor([0.0, 0.1], dtype=torch.float64), metric, potential)
+    still = leapfrog(
+        state, torch.tensor([0.0, 0.1], dtype=torch.float64), metric, log_density_and_grad
+    )
     torch.testing.assert_close(still.position[0], q[0])
 
 
 def test_find_step_size_scales_with_the_target():
     scales = torch.tensor([[0.01], [1.0], [100.0]], dtype=torch.float64).expand(3, 2)
-    potential = value_and_grad(lambda theta: -0.5 * ((theta / scales) ** 2).sum(-1))
+    log_density_and_grad = value_and_grad(lambda theta: -0.5 * ((theta / scales) ** 2).sum(-1))
     q = scales * 0.5
-    logp, grad = potential(q)
+    logp, grad = log_density_and_grad(q)
     state = IntegratorState(q, torch.zeros_like(q), logp, grad)
     metric = Metric.identity(3, 2, False, q)
     rng = ChainRNG.from_seed(0, 3, dtype=torch.float64)
-    eps = find_step_size(state, torch.ones(3, dtype=torch.float64), metric, potential, rng)
+    eps = find_step_size(
+        state, torch.ones(3, dtype=torch.float64), metric, log_density_and_grad, rng
+    )
     ratio = eps / scales[:, 0]
     assert bool(((ratio > 0.1) & (ratio < 10)).all()), eps
 
@@ -197,20 +201,20 @@ def test_eager_leaves_with_python_indices_match_the_tensor_indexed_leaves_exactl
     def log_density(theta):
         return -0.5 * ((theta @ precision) * theta).sum(-1)
 
-    potential = value_and_grad(log_density)
+    log_density_and_grad = value_and_grad(log_density)
     theta = torch.randn(chains, dim, generator=torch.Generator().manual_seed(2))
     inverse_mass = torch.linspace(0.5, 2.0, chains * dim).reshape(chains, dim)
     metric = Metric(torch.diag_embed(inverse_mass) if dense else inverse_mass)
     step_size = torch.linspace(0.05, 0.6, chains)  # trees from depth 1 to the cap
     results = []
     for leaves in (nuts_leaves, lambda *args: nuts_leaves(*args)):
-        value, grad = potential(theta)
+        value, grad = log_density_and_grad(theta)
         state = IntegratorState(theta, torch.zeros_like(theta), value, grad)
         rng = ChainRNG.from_seed(0, chains, device=theta.device, dtype=theta.dtype)
         draws, infos = [], []
         for _ in range(30):
             state, info = nuts_transition(
-                state, step_size, metric, potential, rng, max_tree_depth=6, leaves=leaves
+                state, step_size, metric, log_density_and_grad, rng, max_tree_depth=6, leaves=leaves
             )
             draws.append(state.position)
             infos.append(info)

@@ -23,7 +23,7 @@ import torch
 
 from bayesdl.inference import HMC, NUTS, ConvergenceWarning, DensityErrorWarning
 from bayesdl.inference.mcmc.integrators import value_and_grad
-from bayesdl.inference.mcmc.robust import RobustPotential, is_density_error, start_values
+from bayesdl.inference.mcmc.robust import RobustLogDensity, is_density_error, start_values
 
 BOUND = 1.0
 #: E[theta_0] of a standard normal truncated to theta_0 < 1: -phi(1) / Phi(1).
@@ -171,7 +171,7 @@ def test_an_error_that_is_not_the_proposals_fault_stops_the_run():
     assert is_density_error(torch.linalg.LinAlgError("not positive definite"))
 
 
-def test_the_robust_potential_evaluates_a_failed_point_once_and_counts_per_chain():
+def test_the_robust_log_density_evaluates_a_failed_point_once_and_counts_per_chain():
     torch.set_default_dtype(torch.float64)
     calls = []
 
@@ -179,29 +179,36 @@ def test_the_robust_potential_evaluates_a_failed_point_once_and_counts_per_chain
         calls.append(theta.shape[0])
         return raising_density(theta)
 
-    potential = RobustPotential(value_and_grad(density), chains=3)
+    log_density_and_grad = RobustLogDensity(value_and_grad(density), chains=3)
     theta = torch.tensor([[0.0, 0.5], [2.0, 0.0], [0.5, -1.0]])
-    value, grad = potential(theta)
+    value, grad = log_density_and_grad(theta)
     assert calls == [3, 1, 1, 1]  # the batch, then chain by chain
     assert value[1] == -math.inf and bool((grad[1] == 0).all())
     expected, expected_grad = value_and_grad(raising_density)(theta[[0, 2]])
     torch.testing.assert_close(value[[0, 2]], expected)
     torch.testing.assert_close(grad[[0, 2]], expected_grad)
-    assert potential.remembers_failure
+    assert log_density_and_grad.remembers_failure
     # chain 1 comes back to the same point (a stopped chain takes steps of size zero): it is
     # skipped, the others are evaluated together, nothing is counted twice
     calls.clear()
     theta2 = theta.clone()
     theta2[0, 1] = 0.25
-    value2, _ = potential(theta2)
+    value2, _ = log_density_and_grad(theta2)
     assert calls == [2] and value2[1] == -math.inf
-    assert potential.take_raised().tolist() == [0, 1, 0]
-    assert potential.take_raised().tolist() == [0, 0, 0]
-    assert "ValueError" in potential.first_error or "LinAlgError" in potential.first_error
+    assert log_density_and_grad.take_raised().tolist() == [0, 1, 0]
+    assert log_density_and_grad.take_raised().tolist() == [0, 0, 0]
+    assert (
+        "ValueError" in log_density_and_grad.first_error
+        or "LinAlgError" in log_density_and_grad.first_error
+    )
     # a new position for chain 1: the memory is cleared and the batch is evaluated as usual
     calls.clear()
-    value3, _ = potential(theta2 * 0.1)
-    assert calls == [3] and not potential.remembers_failure and bool(torch.isfinite(value3).all())
+    value3, _ = log_density_and_grad(theta2 * 0.1)
+    assert (
+        calls == [3]
+        and not log_density_and_grad.remembers_failure
+        and bool(torch.isfinite(value3).all())
+    )
 
 
 def test_start_values_reraises_a_batch_error_that_no_chain_raises_alone():
@@ -224,7 +231,7 @@ needs_compiler = pytest.mark.skipif(
 @pytest.mark.filterwarnings("error::RuntimeWarning")  # a fallback to eager would hide the test
 def test_a_compiled_run_reruns_the_calls_that_raise_eagerly():
     # inside the graph torch's validation is off and the Cholesky factorisation raises
-    # LinAlgError; the call is rerun eagerly with the robust potential
+    # LinAlgError; the call is rerun eagerly with the robust log density
     torch.set_default_dtype(torch.float64)
     post, caught = _sample(NUTS(chains=4, warmup=60, draws=60, compile=True))
     raised = post.sample_stats["density_raised"]

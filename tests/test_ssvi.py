@@ -316,7 +316,7 @@ def test_initial_sparse_means_keep_the_dense_scale():
 
 
 def test_grown_coordinates_restart_at_zero_mean_and_the_sites_mean_scale():
-    from bayesdl.inference.vi.optim import make_optimizer
+    from bayesdl.inference.optimizers import make_optimizer
 
     bnn, x, y = _classification(hidden=32)
     ssvi = SSVI(density=0.2, steps=20, update_every=10, drop_fraction=0.6, lr=0.05)

@@ -20,7 +20,7 @@ from bayesdl.inference import compilation
 from bayesdl.inference.base import NonFiniteError
 from bayesdl.inference.particles.stein_kernels import IMQ, RBF, Kernel
 from bayesdl.inference.particles.svgd import SVGD
-from bayesdl.inference.particles.targets import _Density
+from bayesdl.inference.particles.targets import DensityTarget
 from bayesdl.models import BNN
 
 #: torch.compile's CPU backend builds C++; without a compiler it falls back (tested below).
@@ -96,7 +96,7 @@ def test_what_is_not_compiled_runs_eagerly(settings):
 def test_which_optimisers_update_inside_the_graph(optimizer, kwargs, kind):
     svgd = SVGD(particles=3, optimizer=optimizer, optimizer_kwargs=kwargs, compile=True)
     theta = torch.zeros(3, 2)
-    target = _Density(lambda t: -(t**2).sum(-1))
+    target = DensityTarget(lambda t: -(t**2).sum(-1))
     step = svgd._compiled_step(target, theta, optimizer([theta], lr=svgd.lr, **kwargs))
     assert step is not None and step.kind == kind  # nothing compiles before the first call
     hybrid = SVGD(particles=3, kernel="hybrid", compile=True)

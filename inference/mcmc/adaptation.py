@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from ..rng import ChainRNG
-from .integrators import IntegratorState, Potential, leapfrog
+from .integrators import IntegratorState, LogDensityAndGrad, leapfrog
 from .mass_matrix import Metric
 
 __all__ = ["DualAveraging", "Welford", "find_step_size", "mass_windows"]
@@ -137,7 +137,7 @@ def find_step_size(
     state: IntegratorState,
     step_size: Tensor,
     metric: Metric,
-    potential: Potential,
+    log_density_and_grad: LogDensityAndGrad,
     rng: ChainRNG,
     max_iterations: int = 100,
 ) -> Tensor:
@@ -151,7 +151,7 @@ def find_step_size(
     energy0 = -state.log_density.double() + metric.kinetic_energy(momentum).double()
 
     def log_accept(eps: Tensor) -> Tensor:
-        new = leapfrog(start, eps, metric, potential)
+        new = leapfrog(start, eps, metric, log_density_and_grad)
         energy = -new.log_density.double() + metric.kinetic_energy(new.momentum).double()
         return torch.nan_to_num(energy0 - energy, nan=-math.inf)
 

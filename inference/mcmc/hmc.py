@@ -449,13 +449,15 @@ class HMC(HamiltonianBackend):
         step = robust_step(compile_step(hmc_step), hmc_step) if self.compile else hmc_step
         max_steps = self._max_steps(for_bnn)
 
-        def transition(state, step_size, metric, potential, rng):
+        def transition(state, step_size, metric, log_density_and_grad, rng):
             if self.num_steps is not None:
                 steps = torch.full_like(step_size, self.num_steps, dtype=torch.long)
             else:
                 steps = torch.ceil(self.trajectory_length / step_size).long()
                 steps = steps.clamp(1, max_steps)
-            return hmc_transition(state, step_size, metric, potential, rng, steps, step=step)
+            return hmc_transition(
+                state, step_size, metric, log_density_and_grad, rng, steps, step=step
+            )
 
         return transition
 

@@ -23,15 +23,16 @@ from .mass_matrix import Metric
 
 __all__ = [
     "IntegratorState",
-    "Potential",
+    "LogDensityAndGrad",
     "functional_value_and_grad",
     "leapfrog",
     "value_and_grad",
     "where",
 ]
 
-#: ``theta (C, D) -> (log density (C,), gradient (C, D))``.
-Potential = Callable[[Tensor], tuple[Tensor, Tensor]]
+#: ``theta (C, D) -> (log density (C,), gradient (C, D))``: the log density itself, not
+#: Pyro's, NumPyro's or BlackJAX's potential energy (its negative).
+LogDensityAndGrad = Callable[[Tensor], tuple[Tensor, Tensor]]
 
 
 @dataclass(frozen=True)
@@ -44,24 +45,24 @@ class IntegratorState:
     grad: Tensor
 
 
-def value_and_grad(log_density: Callable[[Tensor], Tensor]) -> Potential:
+def value_and_grad(log_density: Callable[[Tensor], Tensor]) -> LogDensityAndGrad:
     """Wrap ``theta (C, D) -> (C,)`` into a function returning the value and its gradient.
 
     The vector-Jacobian product with ones (the gradient of the sum) is the per-chain
     gradient, because chains are independent.
     """
 
-    def potential(theta: Tensor) -> tuple[Tensor, Tensor]:
+    def log_density_and_grad(theta: Tensor) -> tuple[Tensor, Tensor]:
         with torch.enable_grad():
             theta = theta.detach().requires_grad_(True)
             value = log_density(theta)
             (grad,) = torch.autograd.grad(value, theta, torch.ones_like(value))
         return value.detach(), grad
 
-    return potential
+    return log_density_and_grad
 
 
-def functional_value_and_grad(log_density: Callable[[Tensor], Tensor]) -> Potential:
+def functional_value_and_grad(log_density: Callable[[Tensor], Tensor]) -> LogDensityAndGrad:
     """As :func:`value_and_grad`, through :func:`torch.func.grad_and_value`.
 
     Slower than autograd when run eagerly, but :func:`torch.compile` captures it whole (with
@@ -74,22 +75,25 @@ def functional_value_and_grad(log_density: Callable[[Tensor], Tensor]) -> Potent
 
     grad_and_value = torch.func.grad_and_value(summed, has_aux=True)
 
-    def potential(theta: Tensor) -> tuple[Tensor, Tensor]:
+    def log_density_and_grad(theta: Tensor) -> tuple[Tensor, Tensor]:
         grad, (_, value) = grad_and_value(theta)
         return value, grad
 
-    return potential
+    return log_density_and_grad
 
 
 def leapfrog(
-    state: IntegratorState, step_size: Tensor, metric: Metric, potential: Potential
+    state: IntegratorState,
+    step_size: Tensor,
+    metric: Metric,
+    log_density_and_grad: LogDensityAndGrad,
 ) -> IntegratorState:
     """One leapfrog step for every chain; ``step_size`` ``(C,)`` may be negative (backwards)."""
     eps = step_size.unsqueeze(-1).to(state.position.dtype)
     half_eps = 0.5 * eps
     momentum = state.momentum + half_eps * state.grad
     position = state.position + eps * metric.velocity(momentum)
-    log_density, grad = potential(position)
+    log_density, grad = log_density_and_grad(position)
     momentum = momentum + half_eps * grad
     return IntegratorState(position, momentum, log_density, grad)
 

@@ -124,12 +124,12 @@ class NUTS(HamiltonianBackend):
             leaves = robust_step(compile_step(nuts_leaves), nuts_leaves)
         per_call = 2 if self.compile else 1
 
-        def transition(state, step_size, metric, potential, rng):
+        def transition(state, step_size, metric, log_density_and_grad, rng):
             return nuts_transition(
                 state,
                 step_size,
                 metric,
-                potential,
+                log_density_and_grad,
                 rng,
                 max_tree_depth=depth,
                 leaves=leaves,

@@ -8,7 +8,7 @@ stream: chain ``c`` gives the same draws whatever the number of chains.
 The per-draw statistics Pyro's kernel keeps internally are read after each step:
 ``step_size``; ``diverging`` (Pyro records divergences of post-warmup draws);
 ``acceptance_rate``, recovered exactly from Pyro's running mean of the acceptance
-probability; ``n_steps``, counted as calls of the potential (one per leapfrog step); the
+probability; ``n_steps``, counted as calls of Pyro's ``potential_fn`` (one per leapfrog step); the
 tree depth ``ceil(log2(n_steps + 1))`` derived from it; and ``lp``, the negative potential
 energy (the tempered log joint of unconstrained ``theta``, as ``BNN.log_joint`` gives it).
 """
@@ -40,8 +40,9 @@ __all__ = ["run_pyro_mcmc"]
 _STATS = ("lp", "acceptance_rate", "step_size", "diverging", "n_steps", "tree_depth")
 
 
-class _CountingPotential:
-    """Wraps a potential function and counts its calls (one per leapfrog step)."""
+class _CountingPotentialEnergy:
+    """Wraps Pyro's ``potential_fn`` (the potential energy, the negative log density) and counts
+    its calls (one per leapfrog step)."""
 
     def __init__(self, fn: Callable[[dict[str, Tensor]], Tensor]) -> None:
         self.fn = fn
@@ -61,7 +62,7 @@ class _Chain:
             kernel.setup(warmup, *args)
             self.rng = torch.get_rng_state()
         self.params = kernel.initial_params
-        self.counter = _CountingPotential(kernel.potential_fn)
+        self.counter = _CountingPotentialEnergy(kernel.potential_fn)
         kernel.potential_fn = self.counter
         self.warmup = warmup
         self.is_nuts = isinstance(kernel, pyro.infer.NUTS)
@@ -78,9 +79,9 @@ class _Chain:
         mean_after = kernel._mean_accept_prob
         accept = mean_after if n == 1 else n * mean_after - (n - 1) * mean_before
         n_steps = self.counter.calls - calls_before
-        potential = kernel._potential_energy_last
+        potential_energy = kernel._potential_energy_last
         return {
-            "lp": -float(potential) if potential is not None else math.nan,
+            "lp": -float(potential_energy) if potential_energy is not None else math.nan,
             "acceptance_rate": min(max(accept, 0.0), 1.0),
             "step_size": float(kernel.step_size),
             "diverging": len(kernel._divergences) > divergences_before,

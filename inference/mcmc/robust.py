@@ -6,7 +6,7 @@ A density can raise at some proposals: torch's ``MultivariateNormal`` validates 
 definite raises :class:`torch.linalg.LinAlgError` (a ``RuntimeError``), for instance when a
 large warmup step sends a GP's length scale far out. Stan rejects such a proposal and NumPyro
 treats a non-finite density as a divergence; a batched evaluation cannot tell which chain made
-it raise. :class:`RobustPotential` therefore:
+it raise. :class:`RobustLogDensity` therefore:
 
 * evaluates the batch as usual (the fast path: a ``try`` costs nothing when nothing raises);
 * when the batch raises one of the :func:`density errors <is_density_error>`, evaluates the
@@ -29,8 +29,8 @@ divergence of that chain.
 
 **Compiled steps.** A compiled step (:mod:`bayesdl.inference.compilation`) captures the density
 in its graph, where a failure raises as it does eagerly (torch's checks run inside the graph).
-:func:`robust_step` runs the graph with the plain potential and, when it raises a density
-error, reruns that call eagerly with the robust potential; it also runs eagerly while a
+:func:`robust_step` runs the graph with the plain log density and, when it raises a density
+error, reruns that call eagerly with the robust one; it also runs eagerly while a
 failure is remembered. The steps are written so that a rerun gives the same result (their only
 in-place writes are rewritten from the inputs).
 
@@ -46,11 +46,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .integrators import Potential
+from .integrators import LogDensityAndGrad
 
 __all__ = [
     "DENSITY_ERRORS",
-    "RobustPotential",
+    "RobustLogDensity",
     "describe",
     "failing_rows",
     "is_density_error",
@@ -124,27 +124,28 @@ def start_values(fn: Callable[[Tensor], Any], theta: Tensor) -> Any:
         ) from failed[chains[0]]
 
 
-class RobustPotential:
+class RobustLogDensity:
     """``theta (C, D) -> (log density (C,), gradient (C, D))`` where a chain whose evaluation
     raises gets ``-inf`` and a zero gradient (see the module docstring).
 
     Parameters
     ----------
-    potential
-        The plain potential (:func:`.integrators.value_and_grad` or its functional version).
+    log_density_and_grad
+        The plain ``theta -> (log density, gradient)`` (:func:`.integrators.value_and_grad` or
+        its functional version).
     chains
         Number of chains ``C``.
 
     Attributes
     ----------
     raw
-        ``potential`` itself (what a compiled step captures).
+        ``log_density_and_grad`` itself (what a compiled step captures).
     first_error
         The first density error raised, as :func:`describe` writes it (``None`` if none).
     """
 
-    def __init__(self, potential: Potential, chains: int) -> None:
-        self.raw = potential
+    def __init__(self, log_density_and_grad: LogDensityAndGrad, chains: int) -> None:
+        self.raw = log_density_and_grad
         self.first_error: str | None = None
         self._raised = torch.zeros(chains, dtype=torch.long)
         self._failed: Tensor | None = None  # (C, D) positions of the last failures
@@ -226,20 +227,20 @@ class RobustPotential:
 
 
 def robust_step(compiled: Callable[..., Any], eager: Callable[..., Any]) -> Callable[..., Any]:
-    """A compiled step that takes a :class:`RobustPotential` among its arguments.
+    """A compiled step that takes a :class:`RobustLogDensity` among its arguments.
 
-    The graph runs with the potential's ``raw`` function (always the same object, so one
-    graph serves the run). When it raises a density error, or while the potential remembers
-    a failure, the call runs ``eager`` (the same step, not compiled) with the robust potential.
+    The graph runs with the log density's ``raw`` function (always the same object, so one
+    graph serves the run). When it raises a density error, or while the log density remembers
+    a failure, the call runs ``eager`` (the same step, not compiled) with the robust one.
     """
 
     def step(*args: Any) -> Any:
-        potential = next((a for a in args if isinstance(a, RobustPotential)), None)
-        if potential is None:
+        robust = next((a for a in args if isinstance(a, RobustLogDensity)), None)
+        if robust is None:
             return compiled(*args)
-        if potential.remembers_failure:
+        if robust.remembers_failure:
             return eager(*args)
-        plain = tuple(potential.raw if a is potential else a for a in args)
+        plain = tuple(robust.raw if a is robust else a for a in args)
         try:
             return compiled(*plain)
         except Exception as err:

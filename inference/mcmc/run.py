@@ -31,7 +31,7 @@ from ..rng import ChainRNG
 from .adaptation import DualAveraging, Welford, find_step_size, mass_windows
 from .integrators import IntegratorState, functional_value_and_grad, value_and_grad
 from .mass_matrix import Metric
-from .robust import RobustPotential, start_values
+from .robust import RobustLogDensity, start_values
 from .trajectory import TransitionInfo
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -40,7 +40,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["Transition", "run_mcmc"]
 
-#: ``(state, step_size, metric, potential, rng) -> (state, info)``.
+#: ``(state, step_size, metric, log_density_and_grad, rng) -> (state, info)``.
 Transition = Callable[..., tuple[IntegratorState, TransitionInfo]]
 
 _STATS = (
@@ -86,7 +86,7 @@ def run_mcmc(
         The transition runs a compiled step (:mod:`bayesdl.inference.compilation`); its
         gradient is then taken with :func:`torch.func`
         (:func:`.integrators.functional_value_and_grad`). Either way the transition gets a
-        :class:`~.robust.RobustPotential`.
+        :class:`~.robust.RobustLogDensity`.
     seed
         One base seed, or one seed per chain (``ChainRNG.from_seed``).
     max_tree_depth, probe
@@ -96,11 +96,11 @@ def run_mcmc(
     """
     chains, dim = init_theta.shape
     dtype, device = init_theta.dtype, init_theta.device
-    potential = RobustPotential(value_and_grad(log_density), chains)
-    step_potential = (
-        RobustPotential(functional_value_and_grad(log_density), chains) if compile else potential
+    density = RobustLogDensity(value_and_grad(log_density), chains)
+    step_density = (
+        RobustLogDensity(functional_value_and_grad(log_density), chains) if compile else density
     )
-    log_density0, grad0 = start_values(potential.raw, init_theta)
+    log_density0, grad0 = start_values(density.raw, init_theta)
     bad = (~torch.isfinite(log_density0)).nonzero().flatten().tolist()
     if bad:
         raise ValueError(f"init_theta: the log density is not finite for chain(s) {bad}")
@@ -109,11 +109,11 @@ def run_mcmc(
     metric = Metric.identity(chains, dim, dense_mass, init_theta)
     eps = torch.full((chains,), 1.0 if step_size is None else step_size, dtype=dtype, device=device)
     if step_size is None:
-        eps = find_step_size(state, eps, metric, potential, rng)
+        eps = find_step_size(state, eps, metric, density, rng)
 
     def take_raised() -> Tensor:
-        raised = potential.take_raised()
-        return raised if step_potential is potential else raised + step_potential.take_raised()
+        raised = density.take_raised()
+        return raised if step_density is density else raised + step_density.take_raised()
 
     raised_warmup = take_raised()
     divergences = 0  # while sampling, for the progress bar
@@ -130,7 +130,7 @@ def run_mcmc(
         nonlocal state, eps, metric, welford, raised_warmup, divergences
         used_eps = eps
         with skip_guard_checks() if compile else contextlib.nullcontext():
-            state, info = transition(state, eps, metric, step_potential, rng)
+            state, info = transition(state, eps, metric, step_density, rng)
         raised = take_raised()
         if stage == "warmup":
             eps = adapter.update(info.acceptance_rate).to(dtype)
@@ -141,7 +141,7 @@ def run_mcmc(
             if i + 1 in ends and welford is not None:
                 metric = Metric(welford.regularized().to(dtype))
                 welford = None
-                eps = find_step_size(state, eps, metric, potential, rng)
+                eps = find_step_size(state, eps, metric, density, rng)
                 adapter.restart(eps)
                 raised = raised + take_raised()
             if i + 1 == warmup:
@@ -195,7 +195,7 @@ def run_mcmc(
             "warmup": warmup,
             "stopped": outcome.reason or "",
             "density_raised_warmup": int(raised_warmup.sum()),
-            "density_error": potential.first_error or step_potential.first_error or "",
+            "density_error": density.first_error or step_density.first_error or "",
         },
     )
     return finish(posterior, outcome)

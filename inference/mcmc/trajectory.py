@@ -47,7 +47,7 @@ import torch
 from torch import Tensor
 
 from ..rng import ChainRNG
-from .integrators import IntegratorState, Potential, leapfrog, where
+from .integrators import IntegratorState, LogDensityAndGrad, leapfrog, where
 from .mass_matrix import Metric
 
 __all__ = [
@@ -105,7 +105,7 @@ def nuts_leaf(
     slot: Tensor | int | None,
     closes: Tensor | slice | None,
     metric: Metric,
-    potential: Potential,
+    log_density_and_grad: LogDensityAndGrad,
     divergence_threshold: float,
 ) -> _Subtree:
     """Add one leaf to every chain's subtree: a leapfrog step and its bookkeeping.
@@ -133,11 +133,11 @@ def nuts_leaf(
         leaf opens, or ``None`` (an odd leaf's write is never read), and the ``slice`` of the
         slots an odd leaf closes, or ``None`` (an even leaf closes none: no U-turn check).
         Both give the same result.
-    metric, potential, divergence_threshold
+    metric, log_density_and_grad, divergence_threshold
         As in :func:`nuts_transition`.
     """
     building = sub.building
-    edge = leapfrog(sub.edge, torch.where(building, signed_step, 0.0), metric, potential)
+    edge = leapfrog(sub.edge, torch.where(building, signed_step, 0.0), metric, log_density_and_grad)
     velocity = metric.velocity(edge.momentum)
     energy = -edge.log_density.double() + 0.5 * (edge.momentum * velocity).sum(-1).double()
     delta = energy - energy0
@@ -191,7 +191,7 @@ def nuts_leaves(
     closes: Tensor,
     active: Tensor,
     metric: Metric,
-    potential: Potential,
+    log_density_and_grad: LogDensityAndGrad,
     divergence_threshold: float,
 ) -> _Subtree:
     """``L`` consecutive leaves (:func:`nuts_leaf`) in one call, so in one compiled graph.
@@ -210,7 +210,7 @@ def nuts_leaves(
             slots[i],
             closes[i],
             metric,
-            potential,
+            log_density_and_grad,
             divergence_threshold,
         )
         sub = new if i == 0 else _keep(active[i], new, sub)
@@ -282,7 +282,7 @@ def nuts_transition(
     state: IntegratorState,
     step_size: Tensor,
     metric: Metric,
-    potential: Potential,
+    log_density_and_grad: LogDensityAndGrad,
     rng: ChainRNG,
     max_tree_depth: int = 10,
     divergence_threshold: float = 1000.0,
@@ -299,7 +299,7 @@ def nuts_transition(
         ``(C,)`` step sizes.
     metric
         Per-chain mass matrices.
-    potential
+    log_density_and_grad
         ``theta -> (log density, gradient)``.
     rng
         Per-chain random streams; a transition takes, from each chain's stream, one momentum
@@ -391,7 +391,7 @@ def nuts_transition(
                     slot,
                     closing,
                     metric,
-                    potential,
+                    log_density_and_grad,
                     divergence_threshold,
                 )
             else:
@@ -405,7 +405,7 @@ def nuts_transition(
                     closes[block],
                     first[min(per_call, 2**j - n)],
                     metric,
-                    potential,
+                    log_density_and_grad,
                     divergence_threshold,
                 )
             if not bool(sub.building.any()):
@@ -450,12 +450,12 @@ def hmc_step(
     moving: Tensor,
     energy0: Tensor,
     metric: Metric,
-    potential: Potential,
+    log_density_and_grad: LogDensityAndGrad,
     divergence_threshold: float,
 ) -> tuple[IntegratorState, Tensor]:
     """One leapfrog step of the chains still ``moving`` (the others take a step of size zero,
     which leaves them where they are); also which of them diverge."""
-    state = leapfrog(state, torch.where(moving, step_size, 0.0), metric, potential)
+    state = leapfrog(state, torch.where(moving, step_size, 0.0), metric, log_density_and_grad)
     return state, moving & ~(_energy(state, metric) - energy0 <= divergence_threshold)
 
 
@@ -463,7 +463,7 @@ def hmc_transition(
     state: IntegratorState,
     step_size: Tensor,
     metric: Metric,
-    potential: Potential,
+    log_density_and_grad: LogDensityAndGrad,
     rng: ChainRNG,
     num_steps: Tensor,
     divergence_threshold: float = 1000.0,
@@ -484,7 +484,7 @@ def hmc_transition(
     for k in range(int(num_steps.max())):
         moving = moving & (k < num_steps)
         current, div = step(
-            current, step_size, moving, energy0, metric, potential, divergence_threshold
+            current, step_size, moving, energy0, metric, log_density_and_grad, divergence_threshold
         )
         diverging = diverging | div
         moving = moving & ~div

@@ -406,7 +406,7 @@ class Hybrid:
     For every ``i``, the cotangents :math:`\nabla_{f_j} k_f(f_j, f_i)` of all ``j`` are pulled
     back through the vectorised forward pass in one vector-Jacobian product, then summed over
     ``j``: ``P`` backward passes of the ``P`` particles per step, about ``P`` times a weight
-    kernel's cost (``targets._pull_back_pairs``).
+    kernel's cost (``targets.pull_back_pairs``).
     (Pulling :math:`\sum_j \nabla_{f_j} k_f` back through particle ``i``'s own Jacobian, as
     f-SVGD does with its function-space direction, is a different update: it is minus the
     gradient of :math:`\sum_j k_f(f_i, f_j)` in :math:`w_i`, not Stein's repulsion.)

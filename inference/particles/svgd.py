@@ -81,15 +81,16 @@ from ..base import Backend, Callback, Driver, as_callbacks, finish
 from ..checks import check_bnn, check_start
 from ..compilation import compile_step, skip_guard_checks
 from ..health import particle_problems, warn_all
+from ..optimizers import OptimizerSpec, check_optimizer, check_optimizer_kwargs, resolve_optimizer
 from .scores import kde_score, sge_score, ssge_score
 from .stein_kernels import RBF, Hybrid, Kernel, KernelMatrix, pair_median, pairwise_sq_dists
 from .targets import (
+    BNNTarget,
+    DensityTarget,
     MeasurementLike,
     PriorScore,
-    _BNNTarget,
-    _Density,
-    _pull_back,
-    _pull_back_pairs,
+    pull_back,
+    pull_back_pairs,
 )
 
 __all__ = ["SVGD", "annealing", "uniform_domain"]
@@ -209,18 +210,22 @@ class SVGD(Backend):
     steps
         Number of updates.
     optimizer
-        A ``torch.optim.Optimizer`` class, fed ``-phi`` as the gradient (Adam by default).
+        The optimiser fed ``-phi`` as the gradient (Adam by default): a ``torch.optim.Optimizer``
+        subclass, or a name as :class:`~bayesdl.inference.VI` takes it, in any case
+        (``"adam"``, ``"adamw"``, ``"sgd"``, ``"rmsprop"``, ``"adagrad"``;
+        :mod:`bayesdl.inference.optimizers`). The name ``"sgd"`` means momentum 0.9, as for VI;
+        the class ``torch.optim.SGD`` has PyTorch's defaults (no momentum).
     lr
         Learning rate.
     optimizer_kwargs
-        Further keyword arguments of the optimiser.
+        Further keyword arguments of the optimiser (they override those a name implies).
     batch_size
         Minibatch size (``None``: full batch); the log-likelihood is scaled by
         ``num_data / batch_size``.
     stochastic
-        Add the Langevin noise of stochastic SVGD; needs plain SGD (``optimizer=torch.optim.SGD``
-        without momentum or weight decay), since an adaptive preconditioner breaks the noise
-        calibration.
+        Add the Langevin noise of stochastic SVGD; needs plain SGD (``optimizer=torch.optim.SGD``,
+        or ``"sgd"`` with ``optimizer_kwargs={"momentum": 0}``; no momentum or weight decay),
+        since an adaptive preconditioner breaks the noise calibration.
     measurement
         Function-space kernels only: extra measurement inputs besides the minibatch, either a
         tensor ``(n, ...)`` (a pool, of which ``measurement_size`` rows are drawn each step) or
@@ -326,7 +331,7 @@ class SVGD(Backend):
         particles: int = 20,
         kernel: KernelLike = "weight",
         steps: int = 1000,
-        optimizer: type[torch.optim.Optimizer] = torch.optim.Adam,
+        optimizer: OptimizerSpec = torch.optim.Adam,
         lr: float = 1e-2,
         optimizer_kwargs: Mapping[str, Any] | None = None,
         batch_size: int | None = None,
@@ -368,17 +373,12 @@ class SVGD(Backend):
             )
         self.function_space = function_space
         self.steps = check_count("steps", steps)
-        if not (isinstance(optimizer, type) and issubclass(optimizer, torch.optim.Optimizer)):
-            raise TypeError(f"optimizer: expected a torch.optim.Optimizer class, got {optimizer!r}")
-        self.optimizer = optimizer
+        spec = check_optimizer(optimizer)
         self.lr = check_positive("lr", lr)
-        if optimizer_kwargs is not None and not isinstance(optimizer_kwargs, Mapping):
-            raise TypeError(
-                f"optimizer_kwargs: expected a dict, got {type(optimizer_kwargs).__name__}"
-            )
-        self.optimizer_kwargs = dict(optimizer_kwargs or {})
-        if "lr" in self.optimizer_kwargs:
-            raise ValueError("optimizer_kwargs: pass the learning rate as lr=, not in the kwargs")
+        # the class and its keyword arguments (a name's implied ones updated by the user's)
+        self.optimizer, self.optimizer_kwargs = resolve_optimizer(
+            spec, check_optimizer_kwargs(optimizer_kwargs)
+        )
         self.batch_size = None if batch_size is None else check_count("batch_size", batch_size)
         if not isinstance(stochastic, bool):
             raise TypeError(f"stochastic: expected a bool, got {type(stochastic).__name__}")
@@ -433,7 +433,8 @@ class SVGD(Backend):
             if self.optimizer is not torch.optim.SGD or extra or kwargs.get("nesterov"):
                 raise ValueError(
                     "stochastic: the Langevin noise is calibrated for plain SGD; use "
-                    "optimizer=torch.optim.SGD without momentum or weight decay"
+                    "optimizer=torch.optim.SGD without momentum or weight decay (the name "
+                    "'sgd' means momentum 0.9: add optimizer_kwargs={'momentum': 0})"
                 )
 
     def _check_measurement(self, measurement: object, size: object) -> None:
@@ -546,9 +547,9 @@ class SVGD(Backend):
         num_data: int,
         measurement: MeasurementLike,
         seeds: Sequence[int],
-    ) -> _BNNTarget:
+    ) -> BNNTarget:
         """The BNN and its data (already checked by :meth:`fit`), with this backend's settings."""
-        return _BNNTarget(
+        return BNNTarget(
             bnn,
             x,
             y,
@@ -611,7 +612,7 @@ class SVGD(Backend):
             raise TypeError(f"init_theta: expected a floating tensor, got {init_theta.dtype}")
         theta = self._initial(init_theta, init_theta.shape[1], init_theta.dtype, init_theta.device)
         seeds = child_seeds(seed, 5)
-        return self._run(_Density(log_density), theta, None, seeds[4], progress, callbacks)
+        return self._run(DensityTarget(log_density), theta, None, seeds[4], progress, callbacks)
 
     def _draw_initial(self, bnn: BNN, seed: int) -> Tensor:
         """The starting particles the ``init`` setting asks for, checked."""
@@ -644,7 +645,7 @@ class SVGD(Backend):
     # -------------------------------------------------------------- the loop
     def _run(
         self,
-        target: _Density | _BNNTarget,
+        target: DensityTarget | BNNTarget,
         theta: Tensor,
         bnn: BNN | None,
         noise_seed: int,
@@ -741,7 +742,7 @@ class SVGD(Backend):
         return finish(posterior, outcome)
 
     def _compiled_step(
-        self, target: _Density | _BNNTarget, theta: Tensor, optimizer: torch.optim.Optimizer
+        self, target: DensityTarget | BNNTarget, theta: Tensor, optimizer: torch.optim.Optimizer
     ) -> _CompiledStep | None:
         """The compiled step for this setting, or ``None`` where it runs eagerly."""
         kernel = self.kernel
@@ -754,7 +755,7 @@ class SVGD(Backend):
     # -------------------------------------------------------------- one update direction
     def _direction(
         self,
-        target: _Density | _BNNTarget,
+        target: DensityTarget | BNNTarget,
         theta: Tensor,
         batch: Any,
         gamma: float,
@@ -803,23 +804,23 @@ class SVGD(Backend):
 
     def _function_space(
         self,
-        target: _Density | _BNNTarget,
+        target: DensityTarget | BNNTarget,
         theta: Tensor,
         batch: Any,
         gamma: float,
         noise: torch.Generator,
     ) -> tuple[Tensor, dict[str, Any]]:
-        assert isinstance(target, _BNNTarget) and isinstance(self.kernel, Kernel)
+        assert isinstance(target, BNNTarget) and isinstance(self.kernel, Kernel)
         fun = target.functions(theta, batch)
         score = target.function_score(fun, batch)
         phi_f, h = self._combine(self.kernel, fun.flat, score, gamma, noise)
         with torch.enable_grad():
-            phi = _pull_back(fun, phi_f)
+            phi = pull_back(fun, phi_f)
         return phi, {"bandwidth": h}
 
     def _hybrid(
         self,
-        target: _Density | _BNNTarget,
+        target: DensityTarget | BNNTarget,
         theta: Tensor,
         batch: Any,
         gamma: float,
@@ -830,7 +831,7 @@ class SVGD(Backend):
         score, lp = target.weight_score(theta, batch)
         fun = None
         if _uses_functions(self.kernel):
-            assert isinstance(target, _BNNTarget)
+            assert isinstance(target, BNNTarget)
             fun = target.functions(theta, batch)
 
         def space_of(kernel: Kernel) -> Tensor:
@@ -843,7 +844,7 @@ class SVGD(Backend):
             # sum_j grad_{w_j} k_f(f(w_j), f(w_i)) = sum_j J_j^T grad_{f_j} k_f(f_j, f_i)
             grads = repulsive.pair_gradients(fun.flat, kr.bandwidth)  # type: ignore[union-attr]
             with torch.enable_grad():
-                repulsion = _pull_back_pairs(fun, grads)  # type: ignore[arg-type]
+                repulsion = pull_back_pairs(fun, grads)  # type: ignore[arg-type]
         else:
             repulsion = kr.repulsion
         phi = (gamma * (kd.value @ score) + repulsion) / p
@@ -942,7 +943,7 @@ class _CompiledStep:
     def __init__(
         self,
         svgd: SVGD,
-        target: _Density | _BNNTarget,
+        target: DensityTarget | BNNTarget,
         theta: Tensor,
         optimizer: torch.optim.Optimizer,
     ) -> None:
@@ -974,9 +975,11 @@ class _CompiledStep:
         self.has_kernel = svgd.kernel is not None
         self.step = compile_step(self._graph(svgd.kernel, target))
 
-    def _graph(self, kernel: Kernel | None, target: _Density | _BNNTarget) -> Callable[..., Any]:
+    def _graph(
+        self, kernel: Kernel | None, target: DensityTarget | BNNTarget
+    ) -> Callable[..., Any]:
         """The function to compile: ``(theta, state..., data, scalars, eta) -> results``."""
-        if isinstance(target, _BNNTarget):
+        if isinstance(target, BNNTarget):
             bnn, num_data = target.bnn, target.num_data
 
             def log_joint(theta: Tensor, xb: Tensor, yb: Tensor) -> Tensor:

@@ -5,7 +5,7 @@ A target hands the backend the weight-space score of the tempered posterior at t
 measurement set (:meth:`functions`), the function-space score there (likelihood plus the
 functional prior's score, estimated with SSGE from prior draws or given exactly), and the
 vector-Jacobian product that pulls a function-space direction back to the weights
-(:func:`_pull_back`).
+(:func:`pull_back`).
 """
 
 from __future__ import annotations
@@ -23,25 +23,51 @@ from bayesdl.models import BNN
 from ..base import Minibatches
 from .scores import ssge_score
 
-__all__ = ["MeasurementLike", "PriorScore"]
+__all__ = [
+    "BNNTarget",
+    "DensityTarget",
+    "Functions",
+    "MeasurementLike",
+    "PriorScore",
+    "pull_back",
+    "pull_back_pairs",
+]
 
 MeasurementLike = Tensor | Callable[[torch.Generator], Tensor] | None
 PriorScore = Callable[[Tensor, Tensor], Tensor]
 
 
 @dataclass
-class _Functions:
-    """The particles' outputs at the measurement set, with what the updates need."""
+class Functions:
+    """The particles' outputs at the measurement set, with what the updates need.
 
-    theta: Tensor  # leaf (P, D) the outputs depend on
-    f: Tensor  # (P, N_M, C) with graph
-    flat: Tensor  # (P, N_M * C) detached
-    x: Tensor  # measurement inputs (N_M, ...)
-    batch_size: int  # the first batch_size rows of x are the minibatch
+    Attributes
+    ----------
+    theta
+        The leaf ``(P, D)`` the outputs depend on.
+    f
+        The outputs ``(P, N_M, C)``, with their graph to ``theta``.
+    flat
+        ``f`` detached and flattened, ``(P, N_M * C)``.
+    x
+        The measurement inputs ``(N_M, ...)``.
+    batch_size
+        The first ``batch_size`` rows of ``x`` are the minibatch.
+    """
+
+    theta: Tensor
+    f: Tensor
+    flat: Tensor
+    x: Tensor
+    batch_size: int
 
 
-class _Density:
-    """A bare log density ``(P, D) -> (P,)``: weight space only."""
+class DensityTarget:
+    """An SVGD target from a bare log density ``(P, D) -> (P,)``: weight space only.
+
+    It has no data (:meth:`next_batch` gives ``None``) and no functions, so only weight-space
+    kernels use it (:meth:`SVGD.sample <bayesdl.inference.SVGD.sample>`).
+    """
 
     def __init__(self, log_density: Callable[[Tensor], Tensor]) -> None:
         self.log_density = log_density
@@ -66,8 +92,15 @@ class _Density:
             return self.log_density(theta)
 
 
-class _BNNTarget:
-    """A BNN and its data: minibatches, weight- and function-space scores, prior functions."""
+class BNNTarget:
+    """An SVGD target from a BNN and its data.
+
+    It serves minibatches, the weight-space score of the tempered posterior, the particles'
+    functions at the measurement set (:class:`Functions`), their function-space score
+    (likelihood plus the functional prior's score, SSGE-estimated or exact) and the prior's
+    function draws; the seeds ``seeds[0:3]`` drive the minibatches, the measurement draws and
+    the prior draws.
+    """
 
     def __init__(
         self,
@@ -144,21 +177,21 @@ class _BNNTarget:
             )
         return extra.to(dtype=x.dtype, device=x.device)
 
-    def functions(self, theta: Tensor, batch: tuple[Tensor, Tensor]) -> _Functions:
+    def functions(self, theta: Tensor, batch: tuple[Tensor, Tensor]) -> Functions:
         xb = batch[0]
         extra = self._extra_inputs()
         x = xb if extra is None else torch.cat([xb, extra])
         with torch.enable_grad():
             leaf = theta.detach().requires_grad_(True)
             f = self._outputs(leaf, x)
-        return _Functions(leaf, f, f.detach().flatten(1), x, xb.shape[0])
+        return Functions(leaf, f, f.detach().flatten(1), x, xb.shape[0])
 
     def _outputs(self, theta: Tensor, x: Tensor) -> Tensor:
         """The functions the kernel compares: the outputs, or class probabilities."""
         f = self.bnn.forward(theta, x)
         return torch.softmax(f, -1) if self.probs else f
 
-    def function_score(self, fun: _Functions, batch: tuple[Tensor, Tensor]) -> Tensor:
+    def function_score(self, fun: Functions, batch: tuple[Tensor, Tensor]) -> Tensor:
         """Tempered function-space posterior score at the particles, ``(P, N_M * C)``."""
         yb = batch[1]
         with torch.enable_grad():
@@ -174,7 +207,7 @@ class _BNNTarget:
         score[:, : fun.batch_size] = lik_score * scale
         return score.flatten(1) + self.prior_factor * self._prior_score(fun)
 
-    def _prior_score(self, fun: _Functions) -> Tensor:
+    def _prior_score(self, fun: Functions) -> Tensor:
         if callable(self.prior_score):
             score = self.prior_score(fun.f.detach(), fun.x)
             if not isinstance(score, Tensor) or score.shape != fun.f.shape:
@@ -190,13 +223,13 @@ class _BNNTarget:
         return ssge_score(prior_f, fun.flat, eta=self.ssge_eta, threshold=self.ssge_threshold)
 
 
-def _pull_back(fun: _Functions, phi_f: Tensor) -> Tensor:
+def pull_back(fun: Functions, phi_f: Tensor) -> Tensor:
     r"""``J_i^T phi_f[i]`` for every particle: one vector-Jacobian product, ``(P, D)``."""
     (phi,) = torch.autograd.grad(fun.f, fun.theta, grad_outputs=phi_f.reshape(fun.f.shape))
     return phi
 
 
-def _pull_back_pairs(fun: _Functions, grads: Tensor) -> Tensor:
+def pull_back_pairs(fun: Functions, grads: Tensor) -> Tensor:
     r"""``sum_j J_j^T grads[i, j]`` for every ``i``, ``(P, D)``, from ``grads`` ``(P, P, M)``.
 
     For each ``i`` one vector-Jacobian product through the vectorised forward pass pulls the

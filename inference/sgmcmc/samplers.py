@@ -205,8 +205,10 @@ class _StochasticGradientMCMC(Backend):
             k = step_index
             step_index += 1
             xb, yb = next(batches)
-            potential = value_and_grad(bnn.log_joint_fn(xb, yb, batches.num_data, validate=False))
-            lp, grad = potential(theta)
+            log_density_and_grad = value_and_grad(
+                bnn.log_joint_fn(xb, yb, batches.num_data, validate=False)
+            )
+            lp, grad = log_density_and_grad(theta)
             if not (bool(torch.isfinite(lp).all()) and bool(torch.isfinite(grad).all())):
                 # the current theta has no finite density: drop it if it was just kept
                 if last_kept[0] == k - 1:

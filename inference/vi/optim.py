@@ -1,6 +1,5 @@
-r"""Optimisers and schedules of the variational backends.
+r"""Schedules of the variational backends (optimisers: :mod:`bayesdl.inference.optimizers`).
 
-* :func:`make_optimizer`: a ``torch.optim`` optimiser by name or class.
 * :func:`make_lr_scheduler`: a constant or cosine-annealed learning rate over the run.
 * :func:`kl_weight`: the KL-annealing weight :math:`\beta_t` that multiplies the KL term of
   the ELBO (:mod:`.elbo`), separate from the BNN's temperature. ``None`` keeps
@@ -12,63 +11,22 @@ r"""Optimisers and schedules of the variational backends.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from numbers import Real
 
 import torch
-from torch import Tensor
 
 __all__ = [
-    "OPTIMIZERS",
     "KLAnneal",
     "check_kl_anneal",
     "check_lr_schedule",
-    "check_optimizer",
     "kl_weight",
     "make_lr_scheduler",
-    "make_optimizer",
 ]
 
-#: Optimisers by name. ``"sgd"`` uses momentum 0.9 (the setting of Li et al. 2024).
-OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
-    "adam": torch.optim.Adam,
-    "adamw": torch.optim.AdamW,
-    "sgd": torch.optim.SGD,
-    "rmsprop": torch.optim.RMSprop,
-    "adagrad": torch.optim.Adagrad,
-}
 _LR_SCHEDULES = ("constant", "cosine")
 
 KLAnneal = float | Callable[[int, int], float] | None
-OptimizerSpec = str | type[torch.optim.Optimizer]
-
-
-def check_optimizer(optimizer: object) -> OptimizerSpec:
-    """Validate an optimiser name or ``torch.optim.Optimizer`` subclass."""
-    if isinstance(optimizer, str):
-        if optimizer.lower() not in OPTIMIZERS:
-            raise ValueError(
-                f"optimizer: must be one of {sorted(OPTIMIZERS)} or a torch.optim.Optimizer "
-                f"subclass, got {optimizer!r}"
-            )
-        return optimizer.lower()
-    if isinstance(optimizer, type) and issubclass(optimizer, torch.optim.Optimizer):
-        return optimizer
-    raise TypeError(
-        f"optimizer: expected a name or a torch.optim.Optimizer subclass, got {optimizer!r}"
-    )
-
-
-def make_optimizer(
-    spec: OptimizerSpec, params: Iterable[Tensor], lr: float
-) -> torch.optim.Optimizer:
-    """The optimiser ``spec`` (validated by :func:`check_optimizer`) over ``params``."""
-    if isinstance(spec, str):
-        cls = OPTIMIZERS[spec]
-        if spec == "sgd":
-            return cls(params, lr=lr, momentum=0.9)
-        return cls(params, lr=lr)
-    return spec(params, lr=lr)
 
 
 def check_lr_schedule(schedule: object) -> str:

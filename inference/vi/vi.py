@@ -40,33 +40,43 @@ from bayesdl.posterior import Posterior
 
 from ..base import Backend, Callback, Driver, Minibatches, RunOutcome, as_callbacks, finish
 from ..checks import check_bnn, check_start
+from ..optimizers import check_optimizer, make_optimizer
 from .elbo import ElboEstimate, FunctionalELBO
 from .guides import ATTR, MeanField, guide_from_posterior
-from .optim import (
-    check_kl_anneal,
-    check_lr_schedule,
-    check_optimizer,
-    kl_weight,
-    make_lr_scheduler,
-    make_optimizer,
-)
+from .optim import check_kl_anneal, check_lr_schedule, kl_weight, make_lr_scheduler
 from .pyro_engine import PyroTrainer
 
 if TYPE_CHECKING:  # pragma: no cover
     from bayesdl.models import BNN
 
-__all__ = ["VI"]
+__all__ = ["SEED_MASK", "VI", "FunctionalTrainer"]
 
 _ENGINES = ("functional", "pyro")
 _GUIDES = ("mean_field",)
 _INITS = ("prior", "map")
 _KLS = ("analytic", "mc")
 #: Child-seed streams of one fit: initial guide, minibatch order, ELBO noise, final draws, masks.
-_SEED_INIT, _SEED_BATCHES, _SEED_NOISE, _SEED_DRAWS, _SEED_MASK = range(5)
+#: ``SEED_MASK`` is unused by VI and reserved for the masks of SSVI
+#: (:class:`~bayesdl.inference.SSVI`), which draws from the same five streams.
+_SEED_INIT, _SEED_BATCHES, _SEED_NOISE, _SEED_DRAWS, SEED_MASK = range(5)
 
 
-class _FunctionalTrainer:
-    """The functional engine's loss for a :class:`MeanField` guide."""
+class FunctionalTrainer:
+    """The functional engine's loss for a :class:`MeanField` guide.
+
+    The trainer interface of the VI loop: :meth:`parameters` to optimise, :meth:`loss` (the
+    negative ELBO at a minibatch, with what to record), :meth:`after_step` (a hook after each
+    optimiser step; SSVI subclasses it to update its masks) and :meth:`family` (the guide).
+
+    Parameters
+    ----------
+    elbo
+        The ELBO estimator.
+    family
+        The guide whose parameters are optimised.
+    num_data
+        Size of the whole data set (scales a minibatch's log-likelihood).
+    """
 
     def __init__(self, elbo: FunctionalELBO, family: MeanField, num_data: int) -> None:
         self.elbo = elbo
@@ -120,8 +130,10 @@ class VI(Backend):
     lr
         Learning rate.
     optimizer
-        ``"adam"``, ``"adamw"``, ``"sgd"`` (momentum 0.9), ``"rmsprop"``, ``"adagrad"``, or a
-        ``torch.optim.Optimizer`` subclass (built as ``cls(params, lr=lr)``).
+        A name, in any case: ``"adam"``, ``"adamw"``, ``"sgd"`` (momentum 0.9), ``"rmsprop"``,
+        ``"adagrad"``; or a ``torch.optim.Optimizer`` subclass (built as ``cls(params, lr=lr)``).
+        The same choice as :class:`~bayesdl.inference.SVGD`'s
+        (:mod:`bayesdl.inference.optimizers`).
     batch_size
         Examples per minibatch; ``None`` uses the full data set at every step.
     num_particles
@@ -301,7 +313,7 @@ class VI(Backend):
             kl=self.kl,
             num_particles=self.num_particles,
         )
-        return _FunctionalTrainer(elbo, family, num_data)
+        return FunctionalTrainer(elbo, family, num_data)
 
     def _final_guide(self, bnn: BNN, family: MeanField, seeds: list[int]) -> MeanField:
         """The guide the draws come from (SSVI masks one that never reached its trainer)."""

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from bayesdl.posterior import Posterior, _read_payload, _save_target
+from bayesdl.posterior import Posterior, read_payload, save_target
 
 from ..guides import ATTR
 
@@ -112,7 +112,7 @@ class SparsePosterior(Posterior):
         payload["mask"] = pack_mask(mask)
         payload["num_params"] = self.num_params
         payload["attrs"] = _map_variational(payload["attrs"], lambda t: t[mask].clone(), None)
-        torch.save(payload, _save_target(path))
+        torch.save(payload, save_target(path))
 
     @classmethod
     def load(cls, path: str | os.PathLike, bnn: BNN | None = None) -> Posterior:
@@ -126,7 +126,7 @@ class SparsePosterior(Posterior):
             The BNN of the draws; if omitted, the pickled BNN in the file is restored (only
             load files you trust).
         """
-        payload = _read_payload(path)
+        payload = read_payload(path)
         if payload.get("format") != _FORMAT:
             if hasattr(path, "seek"):
                 path.seek(0)

@@ -49,7 +49,7 @@ from bayesdl._seeding import child_seeds
 from ..elbo import FunctionalELBO
 from ..guides import MeanField
 from ..linear_layers import probe_linear_layers
-from ..vi import _SEED_MASK, VI, _FunctionalTrainer
+from ..vi import SEED_MASK, VI, FunctionalTrainer
 from .cost import training_flops_ratio
 from .masks import (
     GROWTH,
@@ -198,7 +198,7 @@ class SSVI(VI):
         the biases to dominate the initial network (sparse fan-in scaling, as in sparse
         training, Evci et al. 2020).
         """
-        generator = torch.Generator().manual_seed(seeds[_SEED_MASK])
+        generator = torch.Generator().manual_seed(seeds[SEED_MASK])
         sites = self.sparse_sites(bnn)
         mask = random_mask(bnn.num_params, sites, generator).to(family.loc.device)
         with torch.no_grad():
@@ -222,7 +222,7 @@ class SSVI(VI):
         )
         # growth="random" draws from its own stream, so the mask stream never touches the
         # ELBO noise (SSVI at density 1 then repeats dense VI exactly)
-        generator = torch.Generator().manual_seed(child_seeds(seeds[_SEED_MASK], 1)[0])
+        generator = torch.Generator().manual_seed(child_seeds(seeds[SEED_MASK], 1)[0])
         return _SparseTrainer(elbo, guide, num_data, self, self.sparse_sites(bnn), generator)
 
     def _final_guide(self, bnn: BNN, family: MeanField, seeds: list[int]) -> MeanField:
@@ -269,7 +269,7 @@ class SSVI(VI):
         return SparsePosterior(theta, bnn, stats, mask=mask, **kwargs)
 
 
-class _SparseTrainer(_FunctionalTrainer):
+class _SparseTrainer(FunctionalTrainer):
     """The functional trainer plus SSVI's mask updates."""
 
     def __init__(
