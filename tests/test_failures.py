@@ -13,7 +13,7 @@ from torch import nn
 
 from bayesdl import likelihoods, priors
 from bayesdl.arviz_bridge import import_arviz
-from bayesdl.inference import HMC, NUTS, SGHMC, SGLD, SSVI, SVGD, VI, ConvergenceWarning, StepEvent
+from bayesdl.inference import HMC, NUTS, SGHMC, SGLD, SSVI, SVGD, VI, ConvergenceWarning
 from bayesdl.inference.health import RHAT_MAX, split_rhat
 from bayesdl.models import BNN, MLP
 
@@ -39,23 +39,7 @@ def _problem(dtype: torch.dtype = torch.float32, net: nn.Module | None = None):
     return bnn, x, y
 
 
-@pytest.mark.parametrize("name", sorted(QUICK))
-def test_fit_on_something_that_is_not_a_bnn_names_bnn(name):
-    _, x, y = _problem()
-    with pytest.raises(TypeError, match=r"^bnn: expected a bayesdl BNN.*got str"):
-        QUICK[name]().fit("not a bnn", x, y, progress=False)
-
-
-@pytest.mark.parametrize("name", sorted(QUICK))
-def test_a_single_callable_is_accepted_as_callbacks(name):
-    bnn, x, y = _problem()
-    seen: list[StepEvent] = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)  # such short runs may warn: not tested
-        QUICK[name]().fit(bnn, x, y, seed=0, progress=False, callbacks=seen.append)
-    assert seen and all(isinstance(e, StepEvent) for e in seen)
-
-
+# A BNN required, one callable as callbacks: the contract, tests/test_contract.py
 @pytest.mark.parametrize("bad", [3, "print", [print, 3], {"cb": print}])
 @pytest.mark.parametrize("name", ["nuts", "svgd", "vi"])
 def test_callbacks_that_are_not_callables_name_callbacks(name, bad):
