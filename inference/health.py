@@ -13,8 +13,10 @@ A run that goes wrong must say so, naming the cause and the fix. For HMC and NUT
   a divergent transition of its chain; a :class:`DensityErrorWarning` names the error, the chains
   and how often, in warmup and while sampling;
 * **stuck chains**: nearly every transition diverged (more than :data:`STUCK_FRACTION`), the
-  mean acceptance is about 0 (below :data:`STUCK_ACCEPTANCE`), or a chain never moved: the
-  draws are then the starting points, not the posterior.
+  mean acceptance is about 0 (below :data:`STUCK_ACCEPTANCE`), a chain never moved, or a
+  chain ends frozen (its last transitions, at least :data:`FROZEN_TAIL` of the draws, all
+  diverged without moving it: a density that turned NaN part-way): the draws are then the
+  starting points (or one point), not the posterior.
 
 For particle methods (SVGD, ensembles): **exploding particles**, whose root-mean-square size
 grew more than :data:`EXPLOSION_FACTOR`-fold from the start, or whose final log joint is not
@@ -47,6 +49,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "CAP_FRACTION",
     "EXPLOSION_FACTOR",
+    "FROZEN_TAIL",
     "PROBE_ROWS",
     "RHAT_MAX",
     "STUCK_ACCEPTANCE",
@@ -87,6 +90,9 @@ STUCK_FRACTION = 0.9
 STUCK_ACCEPTANCE = 0.05
 #: Exploding particles: their RMS size grew more than this factor during the run.
 EXPLOSION_FACTOR = 1e3
+#: A chain ends frozen if its last transitions (at least this share of the draws, and 3) all
+#: diverged without moving it.
+FROZEN_TAIL = 0.25
 #: A chain counts as frozen if it never moved in at least this many draws.
 _FROZEN_DRAWS = 10
 #: Draws per vectorised forward pass when computing function values at the probe inputs.
@@ -166,6 +172,28 @@ def _cap_problem(posterior: Posterior, max_tree_depth: int | None, max_steps: in
     return ""
 
 
+def _frozen_ends(theta: Tensor, diverging: Tensor | None) -> list[tuple[int, int]]:
+    """Chains that end frozen: ``(chain, first frozen draw)`` for each chain whose last
+    ``k >= max(3, FROZEN_TAIL * draws)`` transitions all diverged and left it where it was
+    (a log density that became NaN or infinite around the chain part-way through the run)."""
+    if diverging is None or theta.shape[1] < 4:
+        return []
+    draws = theta.shape[1]
+    # unmoved[c, i]: draw i equals draw i - 1 and transition i diverged (i >= 1)
+    unmoved = (theta[:, 1:] == theta[:, :-1]).flatten(2).all(-1) & diverging[:, 1:].bool()
+    minimum = max(3, math.ceil(FROZEN_TAIL * draws))
+    ended = []
+    for chain in range(theta.shape[0]):
+        tail = 0
+        for flag in reversed(unmoved[chain].tolist()):
+            if not flag:
+                break
+            tail += 1
+        if tail >= minimum:
+            ended.append((chain, draws - tail))
+    return ended
+
+
 def _stuck_problem(posterior: Posterior) -> str:
     stats, theta = posterior.sample_stats, posterior.theta
     facts = []
@@ -179,6 +207,13 @@ def _stuck_problem(posterior: Posterior) -> str:
         frozen = (theta[:, 1:] == theta[:, :1]).flatten(1).all(-1).nonzero().flatten().tolist()
         if frozen:
             facts.append(f"chain(s) {frozen} never moved in {theta.shape[1]} draws")
+    ended = _frozen_ends(theta, stats.get("diverging"))
+    if ended:
+        facts.append(
+            "chain(s) "
+            + ", ".join(f"{chain} from draw {start}" for chain, start in ended)
+            + " stopped moving, every later transition divergent"
+        )
     if not facts:
         return ""
     name = posterior.attrs.get("inference", "mcmc").upper()

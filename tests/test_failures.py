@@ -148,3 +148,20 @@ def test_split_rhat_matches_arviz():
     torch.testing.assert_close(ours, torch.tensor(theirs, dtype=torch.float64))
     assert float(ours[0]) < RHAT_MAX < float(ours[1])
     assert bool(split_rhat(draws[:, :3]).isnan().all())  # too few draws to say
+
+
+def test_a_chain_that_ends_frozen_is_found_only_with_a_long_divergent_tail():
+    """``_frozen_ends``: the last transitions all divergent and unmoved, at least
+    max(3, FROZEN_TAIL * draws) of them; an unmoved tail that did not diverge, or a short one,
+    is not flagged."""
+    from bayesdl.inference.health import FROZEN_TAIL, _frozen_ends
+
+    draws = 20
+    theta = torch.randn(2, draws, 3)
+    tail = max(3, math.ceil(FROZEN_TAIL * draws))
+    theta[0, draws - tail :] = theta[0, draws - tail - 1]  # chain 0 frozen for `tail` draws
+    theta[1, draws - tail + 1 :] = theta[1, draws - tail]  # chain 1: one draw short
+    diverging = torch.zeros(2, draws, dtype=torch.bool)
+    diverging[:, draws - tail :] = True
+    assert _frozen_ends(theta, diverging) == [(0, draws - tail)]
+    assert _frozen_ends(theta, torch.zeros_like(diverging)) == []
