@@ -216,45 +216,33 @@ class HamiltonianBackend(Backend):
         probe: Inputs,
     ) -> Posterior:
         """The run of :meth:`fit` on either engine, after the checks."""
-        desc = self._desc()
+        shared = {
+            "warmup": self.warmup,
+            "draws": self.draws,
+            "seed": seed,
+            "progress": progress,
+            "callbacks": callbacks,
+            "desc": self._desc(),
+            "attrs": self._attrs(),
+            "max_tree_depth": self._caps(True)["max_tree_depth"],
+            "probe": probe if progress else None,
+        }
         if self.engine == "pyro":
             if seed is not None and not isinstance(seed, int):
                 raise ValueError("seed: the pyro engine takes one integer seed")
             return run_pyro_mcmc(
-                self._pyro_kernel,
-                bnn,
-                x,
-                y,
-                init_theta,
-                warmup=self.warmup,
-                draws=self.draws,
-                num_data=num_data,
-                seed=seed,
-                progress=progress,
-                callbacks=callbacks,
-                desc=desc,
-                attrs=self._attrs(),
-                max_tree_depth=self._caps(True)["max_tree_depth"],
-                probe=probe if progress else None,
+                self._pyro_kernel, bnn, x, y, init_theta, num_data=num_data, **shared
             )
         return run_mcmc(
             self._transition(for_bnn=True),
             bnn.log_joint_fn(x, y, num_data),
             init_theta,
-            warmup=self.warmup,
-            draws=self.draws,
             target_accept=self.target_accept,
             dense_mass=self.mass == "dense",
             step_size=self.step_size,
             compile=self.compile,
-            seed=seed,
-            progress=progress,
-            callbacks=callbacks,
-            desc=desc,
             bnn=bnn,
-            attrs=self._attrs(),
-            max_tree_depth=self._caps(True)["max_tree_depth"],
-            probe=probe if progress else None,
+            **shared,
         )
 
     def sample(
