@@ -22,7 +22,10 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+import os
+import shutil
 import signal
+import tempfile
 import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -115,6 +118,11 @@ class BackendContract:
     * **Ctrl-C** (a SIGINT sent from inside a step's forward pass) stops the run after that
       step with a partial Posterior, a ``RuntimeWarning``, the SIGINT handler put back; with
       :attr:`sampling_stage` set, the draws so far equal those of the uninterrupted run;
+    * **checkpoint and resume**: a run stopped by Ctrl-C at any of several steps (in every
+      stage) with ``checkpoint=path``, then resumed with ``resume=path``, returns the draws
+      and sample statistics of the uninterrupted run, bit for bit; so does a resume from a
+      checkpoint written every few steps (``checkpoint_every``); a checkpoint of another
+      run (other data) is refused, naming ``resume``;
     * the returned Posterior **predicts** finite values with the right shapes.
 
     Whether a backend recovers the posterior (Bayesian linear regression) is checked by the
@@ -279,6 +287,52 @@ class BackendContract:
             kept = sum(stage == self.sampling_stage for stage, _ in recorder.steps)
             torch.testing.assert_close(posterior.theta, reference.theta[:, :kept])
 
+    def test_resume_after_ctrl_c_equals_the_uninterrupted_run(self) -> None:
+        import pytest
+
+        reference, steps = self.reference()
+        stops = sorted({0, len(steps) // 3, len(steps) // 2, len(steps) - 2} - {-1})
+        for stop in stops:
+            with tempfile.TemporaryDirectory() as folder:
+                path = os.path.join(folder, "run.ckpt")
+                with pytest.warns(RuntimeWarning, match="interrupted during"):
+                    partial = self.fit(seed=0, checkpoint=path, callbacks=StepRecorder(stop, _stop))
+                assert partial.partial
+                resumed = self.fit(seed=1, resume=path)  # the file's streams, not seed=1
+            _assert_same_run(resumed, reference, f"resumed after step {stop}")
+
+    def test_resume_from_a_periodic_checkpoint_equals_the_uninterrupted_run(self) -> None:
+        reference, steps = self.reference()
+        every = max(1, len(steps) // 3)
+        with tempfile.TemporaryDirectory() as folder:
+            path, copy = os.path.join(folder, "run.ckpt"), os.path.join(folder, "copy.ckpt")
+
+            def keep_first() -> None:  # the file as written after step `every`
+                shutil.copyfile(path, copy)
+
+            finished = self.fit(
+                seed=0,
+                checkpoint=path,
+                checkpoint_every=every,
+                callbacks=StepRecorder(every - 1, keep_first),
+            )
+            _assert_same_run(finished, reference, "a run writing checkpoints")
+            _assert_same_run(self.fit(seed=0, resume=copy), reference, f"resumed at {every}")
+            _assert_same_run(self.fit(seed=0, resume=path), reference, "resumed when done")
+
+    def test_resume_refuses_the_checkpoint_of_another_run(self) -> None:
+        import pytest
+
+        bnn, x, y = self.problem()
+        with tempfile.TemporaryDirectory() as folder:
+            path = os.path.join(folder, "run.ckpt")
+            with pytest.warns(RuntimeWarning, match="interrupted during"):
+                self.fit(seed=0, checkpoint=path, callbacks=StepRecorder(1, _stop))
+            with pytest.raises(ValueError, match=r"^resume: .*different run \(data"):
+                self.fit(seed=0, problem=(bnn, x, y + 1.0), resume=path)
+            with pytest.raises(FileNotFoundError, match=r"^resume: no checkpoint"):
+                self.fit(seed=0, resume=os.path.join(folder, "missing.ckpt"))
+
     def test_the_posterior_predicts_finite_values_of_the_right_shape(self) -> None:
         posterior, _ = self.reference()
         bnn, _, _ = self.problem()
@@ -293,3 +347,20 @@ class BackendContract:
         for values in (predictive.samples, predictive.mean, predictive.std):
             assert torch.isfinite(values).all()
         assert (predictive.std > 0).all()
+
+
+def _stop() -> None:
+    """A callback's action: Ctrl-C (a callback's ``KeyboardInterrupt`` stops the run as a
+    SIGINT does, after the step)."""
+    raise KeyboardInterrupt
+
+
+def _assert_same_run(posterior: Posterior, reference: Posterior, what: str) -> None:
+    """The draws and sample statistics of ``posterior`` equal ``reference``'s exactly."""
+    assert not posterior.partial, f"{what}: the posterior is partial"
+    assert torch.equal(posterior.theta, reference.theta), f"{what}: other draws"
+    assert set(posterior.sample_stats) == set(reference.sample_stats), what
+    for name, value in reference.sample_stats.items():
+        other = posterior.sample_stats[name]
+        same = torch.equal(other, value) if isinstance(value, Tensor) else other == value
+        assert same, f"{what}: sample_stats[{name!r}] differs"

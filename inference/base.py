@@ -141,8 +141,15 @@ class Driver:
         self.callbacks = as_callbacks(callbacks)
         self.desc = desc
 
-    def run(self, step: Callable[[str, int], Mapping[str, Any]]) -> RunOutcome:
-        """Run every step; return how the loop ended.
+    def run(
+        self,
+        step: Callable[[str, int], Mapping[str, Any]],
+        start: tuple[int, int] = (0, 0),
+    ) -> RunOutcome:
+        """Run every step from ``start``; return how the loop ended.
+
+        ``start`` is ``(stage index, step index)`` of the first step to run (a resumed run
+        starts where its checkpoint stopped; the progress bar counts the steps before as done).
 
         ``step`` returns an info mapping; its optional key ``"postfix"`` (a dict) is shown on
         the progress bar and its optional key ``"finite"`` (bool) feeds the NaN guard.
@@ -158,12 +165,21 @@ class Driver:
             also when the step turned it into another error (then the ``__cause__``).
         """
         total = sum(n for _, n in self.stages)
-        bar = tqdm(total=total, desc=self.desc, disable=not self.progress, **_bar_options(total))
+        done = sum(n for _, n in self.stages[: start[0]]) + start[1]
+        bar = tqdm(
+            total=total,
+            initial=done,
+            desc=self.desc,
+            disable=not self.progress,
+            **_bar_options(total),
+        )
         stage, i = None, None
         with StepBoundaryInterrupt() as interrupt:
             try:
-                for stage, n in self.stages:
-                    for i in range(n):
+                for index, (stage, n) in enumerate(self.stages):
+                    if index < start[0]:
+                        continue
+                    for i in range(start[1] if index == start[0] else 0, n):
                         info = step(stage, i)
                         if self.progress:
                             bar.set_description(f"{self.desc} [{stage}]", refresh=False)
@@ -293,6 +309,20 @@ class Minibatches:
             self._generator.manual_seed(seed)
         self._order: Tensor | None = None
         self._position = 0
+
+    def state(self) -> dict[str, Any]:
+        """Where the stream of minibatches is: generator, this epoch's order, position."""
+        return {
+            "generator": self._generator.get_state(),
+            "order": self._order,
+            "position": self._position,
+        }
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        """Continue from :meth:`state` (of a run on the same data and batch size)."""
+        self._generator.set_state(state["generator"])
+        self._order = state["order"]
+        self._position = int(state["position"])
 
     @property
     def full_batch(self) -> bool:

@@ -19,29 +19,36 @@ from torch import Tensor
 
 from bayesdl._seeding import child_seeds
 
+from .state import state_record
+
 __all__ = ["ChainRNG"]
 
 
+@state_record
 class ChainRNG:
-    """One random stream per chain.
+    """One random stream per chain: a state record (checkpointed with its sampler's State).
 
-    Parameters
+    Attributes
     ----------
-    seeds
-        One integer seed per chain.
+    generators
+        One CPU generator per chain.
     device, dtype
         Where, and in which floating dtype, :meth:`normal` returns its draws.
     """
 
-    def __init__(
-        self,
+    generators: list[torch.Generator]
+    device: str = "cpu"
+    dtype: torch.dtype = torch.float32
+
+    @classmethod
+    def of(
+        cls,
         seeds: Sequence[int],
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
-    ) -> None:
-        self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
-        self.device = torch.device(device)
-        self.dtype = dtype
+    ) -> ChainRNG:
+        """Streams seeded with one integer seed per chain."""
+        return cls([torch.Generator().manual_seed(int(s)) for s in seeds], str(device), dtype)
 
     @classmethod
     def from_seed(
@@ -54,14 +61,14 @@ class ChainRNG:
         """Streams for ``chains`` chains: from one base seed (``child_seeds(seed, chains,
         stream=1)``), or from a sequence giving each chain's seed directly."""
         if seed is None or isinstance(seed, int):
-            return cls(child_seeds(seed, chains, stream=1), device, dtype)
+            return cls.of(child_seeds(seed, chains, stream=1), device, dtype)
         seeds = list(seed)
         if len(seeds) != chains or not all(isinstance(s, int) and s >= 0 for s in seeds):
             raise ValueError(
                 f"seed: expected an integer or {chains} non-negative integers (one per chain), "
                 f"got {seed!r}"
             )
-        return cls(seeds, device, dtype)
+        return cls.of(seeds, device, dtype)
 
     def __len__(self) -> int:
         return len(self.generators)

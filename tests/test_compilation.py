@@ -64,8 +64,8 @@ def test_compiled_nuts_and_hmc_transitions_match_eager_ones():
     for name in ("nuts", "hmc"):
         eager, metric = _start(log_density, 3, 4)
         compiled = eager
-        rng_eager = ChainRNG([1, 2, 3], dtype=torch.float64)
-        rng_compiled = ChainRNG([1, 2, 3], dtype=torch.float64)
+        rng_eager = ChainRNG.of([1, 2, 3], dtype=torch.float64)
+        rng_compiled = ChainRNG.of([1, 2, 3], dtype=torch.float64)
         for _ in range(4):
             if name == "nuts":
                 eager, info_e = nuts_transition(
@@ -115,8 +115,8 @@ def test_several_leaves_per_call_give_the_same_transitions(per_call):
     step_size = torch.tensor([0.6, 0.42, 0.48], dtype=torch.float64)
     one, metric = _start(log_density, 3, 4)
     several = one
-    rng_one = ChainRNG([1, 2, 3], dtype=torch.float64)
-    rng_several = ChainRNG([1, 2, 3], dtype=torch.float64)
+    rng_one = ChainRNG.of([1, 2, 3], dtype=torch.float64)
+    rng_several = ChainRNG.of([1, 2, 3], dtype=torch.float64)
     steps, depths = [], []
     for _ in range(6):
         one, info_one = nuts_transition(one, step_size, metric, log_density_and_grad, rng_one, 5)

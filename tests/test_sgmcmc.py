@@ -10,7 +10,7 @@ import torch
 from bayesdl import likelihoods, priors
 from bayesdl.functional import FlatLayout, SiteSpec
 from bayesdl.inference import SGHMC, SGLD, Constant, Cyclical, NonFiniteError, StepEvent
-from bayesdl.inference.sgmcmc.preconditioners import Adaptive, Layerwise
+from bayesdl.inference.sgmcmc.preconditioners import Adaptive, Layerwise, make_preconditioner
 from bayesdl.models import BNN, MLP
 
 
@@ -47,14 +47,16 @@ def test_cyclical_schedule_golden_values():
 
 def test_layerwise_preconditioner_scales_layers_by_gradient_magnitude():
     layout = FlatLayout([SiteSpec("a", (2,)), SiteSpec("b", (3,))])
-    pre = Layerwise(1, torch.zeros(1, 5), layout, every=1, decay=0.0)
+    pre = Layerwise(torch.ones(1, 5), [[0, 2], [2, 5]], every=1, decay=0.0)
+    assert pre.bounds == make_preconditioner("layerwise", 1, torch.zeros(1, 5), layout, 1).bounds
     pre.observe(torch.tensor([[1.0, 1.0, 10.0, 10.0, 10.0]]), 0)
     # mean squared gradients 1 and 100: M^-1 = (v / min v)^(-1/2) = 1 and 0.1
     torch.testing.assert_close(pre.inverse_mass, torch.tensor([[1.0, 1.0, 0.1, 0.1, 0.1]]))
 
 
 def test_adaptive_preconditioner_tracks_the_gradient_scale():
-    pre = Adaptive(1, torch.zeros(1, 2))
+    pre = make_preconditioner("adaptive", 1, torch.zeros(1, 2), None, 1)
+    assert isinstance(pre, Adaptive)
     gen = torch.Generator().manual_seed(0)
     for k in range(3000):
         pre.observe(torch.randn(1, 2, generator=gen) * torch.tensor([[1.0, 100.0]]), k)

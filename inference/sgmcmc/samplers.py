@@ -55,6 +55,7 @@ the chain has not converged.
 
 from __future__ import annotations
 
+import os
 from abc import abstractmethod
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -65,11 +66,12 @@ from torch import Tensor
 from bayesdl._checks import check_count, check_positive, check_probability
 from bayesdl.posterior import Posterior
 
-from ..base import Backend, Callback, Driver, Minibatches, as_callbacks, finish
-from ..checks import check_bnn, check_start
+from ..base import Backend, Callback, Minibatches, finish
+from ..driver import Algorithm, Problem, RunControl, identity_of, prepare, run
 from ..mcmc.integrators import value_and_grad
 from ..rng import ChainRNG
-from .preconditioners import make_preconditioner
+from ..state import state_record
+from .preconditioners import Identity, make_preconditioner
 from .schedules import Constant, Schedule
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -79,8 +81,6 @@ __all__ = ["DEFAULT_LR_PER_DATUM", "SGHMC", "SGLD"]
 
 #: ``c`` of the default learning rate ``lr = c / num_data`` (see the module docstring).
 DEFAULT_LR_PER_DATUM = 0.01
-
-_STATS = ("step_size", "configurational_temperature", "kinetic_temperature")
 
 
 class _StochasticGradientMCMC(Backend):
@@ -145,8 +145,11 @@ class _StochasticGradientMCMC(Backend):
         *,
         seed: int | Sequence[int] | None = None,
         progress: bool = True,
-        callbacks: Sequence[Callback] = (),
+        callbacks: Callback | Sequence[Callback] = (),
         init_theta: Tensor | None = None,
+        checkpoint: str | os.PathLike | None = None,
+        checkpoint_every: int | None = None,
+        resume: str | os.PathLike | None = None,
     ) -> Posterior:
         """Sample the posterior of ``bnn`` given ``(x, y)`` with minibatch gradients.
 
@@ -163,6 +166,10 @@ class _StochasticGradientMCMC(Backend):
             As for every backend.
         init_theta
             Initial values ``(chains, D)``; default: draws from the prior.
+        checkpoint, checkpoint_every, resume
+            Write the run's state to ``checkpoint`` every ``checkpoint_every`` steps and when
+            it stops; continue a run from such a file with ``resume`` (the result equals the
+            uninterrupted run's; see :mod:`bayesdl.inference.driver`).
 
         Returns
         -------
@@ -170,109 +177,134 @@ class _StochasticGradientMCMC(Backend):
             ``(chains, draws, D)`` with ``sample_stats`` ``step_size``,
             ``configurational_temperature`` and (SGHMC) ``kinetic_temperature``.
         """
-        bnn = check_bnn(bnn)
-        x, y = bnn.check_data(x, y)
-        callbacks = as_callbacks(callbacks)
-        base_seed = seed if seed is None or isinstance(seed, int) else int(next(iter(seed)))
-        if init_theta is None:
-            init_theta = bnn.init_theta(self.chains, base_seed)
-        elif not isinstance(init_theta, Tensor) or tuple(init_theta.shape) != (
-            self.chains,
-            bnn.num_params,
-        ):
-            raise ValueError(
-                f"init_theta: expected a tensor of shape ({self.chains}, {bnn.num_params}), got "
-                f"{getattr(init_theta, 'shape', type(init_theta).__name__)}"
-            )
-        theta = init_theta.detach().to(dtype=bnn.dtype, device=bnn.device).clone()
-        check_start(bnn, theta, x, y)
-        batches = Minibatches(x, y, self.batch_size, base_seed)
-        rng = ChainRNG.from_seed(seed, self.chains, device=theta.device, dtype=theta.dtype)
-        lr = DEFAULT_LR_PER_DATUM / batches.num_data if self.lr is None else self.lr
-        every = self.precondition_every or max(1, batches.num_data // batches.batch_size)
-        precond = make_preconditioner(self.preconditioner, self.chains, theta, bnn.layout, every)
-        velocity = torch.zeros_like(theta)
-        schedule = self.schedule
-        temperature = bnn.temperature if bnn.tempering == "posterior" else 1.0
-        dim = theta.shape[1]
-        kept: list[Tensor] = []
-        stats: dict[str, list[Tensor]] = {k: [] for k in _STATS}
-        step_index = 0
-        last_kept = [-1]  # the step whose update made the last kept draw
-
-        def step(stage: str, i: int) -> dict[str, Any]:
-            nonlocal theta, velocity, step_index
-            k = step_index
-            step_index += 1
-            xb, yb = next(batches)
-            log_density_and_grad = value_and_grad(
-                bnn.log_joint_fn(xb, yb, batches.num_data, validate=False)
-            )
-            lp, grad = log_density_and_grad(theta)
-            if not (bool(torch.isfinite(lp).all()) and bool(torch.isfinite(grad).all())):
-                # the current theta has no finite density: drop it if it was just kept
-                if last_kept[0] == k - 1:
-                    _drop_last(kept, stats)
-                return {"finite": False, "lp": lp, "postfix": {}}
-            if stage == "burn-in":
-                precond.observe(grad, k)
-            eta = lr * schedule.lr_factor(k)
-            noise = rng.normal(dim) if schedule.noise(k) else None
-            config_t = temperature * -(theta * grad).sum(-1) / dim
-            theta, velocity = self._update(theta, velocity, grad, precond.inverse_mass, eta, noise)
-            finite = bool(torch.isfinite(theta).all())
-            if finite and schedule.keep(k):  # never keep a non-finite draw
-                last_kept[0] = k
-                kept.append(theta.detach().cpu())
-                stats["step_size"].append(torch.full((self.chains,), eta, dtype=torch.float64))
-                stats["configurational_temperature"].append(config_t.detach().double().cpu())
-                if self.has_momentum:
-                    kinetic = self._kinetic_temperature(velocity, precond.inverse_mass, eta)
-                    stats["kinetic_temperature"].append((temperature * kinetic).double().cpu())
-            return {
-                "finite": finite,
-                "lp": lp,
-                "postfix": {"lr": f"{eta:.2g}", "T_conf": f"{float(config_t.mean()):.3g}"},
-            }
-
-        burn = schedule.burn_in
-        outcome = Driver(
-            [("burn-in", burn), ("sampling", schedule.total_steps - burn)],
-            progress=progress,
-            callbacks=callbacks,
+        control = RunControl.of(progress, callbacks, checkpoint, checkpoint_every, resume)
+        problem = prepare(bnn, x, y, chains=self.chains, seed=seed, init_theta=init_theta)
+        batches = Minibatches(problem.x, problem.y, self.batch_size, problem.seeds.base)
+        algorithm = _Algorithm(self, problem, batches)
+        result = run(
+            algorithm,
+            control,
             desc=f"{type(self).__name__} ({self.chains} chains)",
-        ).run(step)
-        names = _STATS if self.has_momentum else _STATS[:2]
-        if kept:
-            draws = torch.stack(kept, dim=1)
-            sample_stats = {k: torch.stack(stats[k], dim=1) for k in names}
-        else:
-            draws = theta.detach().cpu().new_zeros(self.chains, 0, dim)
-            sample_stats = {}
+            identity=identity_of(self, problem),
+            batches=batches,
+        )
+        draws, stats = result.draws.stacked(self.chains, problem.bnn.num_params, problem.bnn.dtype)
         posterior = Posterior(
             draws,
-            bnn,
-            sample_stats,
+            problem.bnn,
+            stats,
             kind="mcmc",
-            partial=outcome.partial,
+            partial=result.outcome.partial,
             attrs={
                 "inference": self.name,
-                "lr": lr,
+                "lr": algorithm.lr,
                 "batch_size": batches.batch_size,
-                "schedule": repr(schedule),
+                "schedule": repr(self.schedule),
                 "preconditioner": str(self.preconditioner),
-                "stopped": outcome.reason or "",
+                "stopped": result.outcome.reason or "",
             },
         )
-        return finish(posterior, outcome)
+        return finish(posterior, result.outcome)
 
 
-def _drop_last(kept: list[Tensor], stats: dict[str, list[Tensor]]) -> None:
-    """Remove the last kept draw and its statistics."""
-    kept.pop()
-    for values in stats.values():
-        if values:
-            values.pop()
+@state_record
+class SGMCMCState:
+    """The state of a stochastic-gradient MCMC run.
+
+    Attributes
+    ----------
+    theta, velocity
+        Positions and velocities ``(C, D)`` (SGLD's velocity stays zero).
+    preconditioner
+        :math:`M^{-1}` and what it has observed (:mod:`.preconditioners`).
+    rng
+        Each chain's random stream.
+    step
+        Steps taken (the schedule's ``k``).
+    last_kept
+        The step whose update made the last kept draw (-1: none).
+    """
+
+    theta: Tensor
+    velocity: Tensor
+    preconditioner: Identity
+    rng: ChainRNG
+    step: int = 0
+    last_kept: int = -1
+
+
+class _Algorithm(Algorithm[SGMCMCState]):
+    """SGHMC or SGLD as ``init``/``step`` for :func:`~bayesdl.inference.driver.run`."""
+
+    def __init__(
+        self, sampler: _StochasticGradientMCMC, problem: Problem, batches: Minibatches
+    ) -> None:
+        self.sampler = sampler
+        self.problem = problem
+        self.batches = batches
+        self.lr = DEFAULT_LR_PER_DATUM / batches.num_data if sampler.lr is None else sampler.lr
+        bnn = problem.bnn
+        self.temperature = bnn.temperature if bnn.tempering == "posterior" else 1.0
+
+    def stages(self) -> list[tuple[str, int]]:
+        burn = self.sampler.schedule.burn_in
+        return [("burn-in", burn), ("sampling", self.sampler.schedule.total_steps - burn)]
+
+    def init(self) -> SGMCMCState:
+        sampler, theta = self.sampler, self.problem.init_theta
+        every = sampler.precondition_every or max(
+            1, self.batches.num_data // self.batches.batch_size
+        )
+        precond = make_preconditioner(
+            sampler.preconditioner, sampler.chains, theta, self.problem.bnn.layout, every
+        )
+        rng = self.problem.seeds.chain_rng(theta.device, theta.dtype)
+        return SGMCMCState(theta, torch.zeros_like(theta), precond, rng)
+
+    def step(self, state: SGMCMCState, stage: str, i: int) -> tuple[SGMCMCState, dict[str, Any]]:
+        sampler, schedule = self.sampler, self.sampler.schedule
+        k = state.step
+        state.step += 1
+        xb, yb = next(self.batches)
+        log_density_and_grad = value_and_grad(
+            self.problem.bnn.log_joint_fn(xb, yb, self.batches.num_data, validate=False)
+        )
+        lp, grad = log_density_and_grad(state.theta)
+        if not (bool(torch.isfinite(lp).all()) and bool(torch.isfinite(grad).all())):
+            # the current theta has no finite density: drop it if it was just kept
+            return state, {
+                "finite": False,
+                "lp": lp,
+                "postfix": {},
+                "drop_last": state.last_kept == k - 1,
+            }
+        if stage == "burn-in":
+            state.preconditioner.observe(grad, k)
+        inverse_mass = state.preconditioner.inverse_mass
+        eta = self.lr * schedule.lr_factor(k)
+        dim = state.theta.shape[1]
+        noise = state.rng.normal(dim) if schedule.noise(k) else None
+        config_t = self.temperature * -(state.theta * grad).sum(-1) / dim
+        state.theta, state.velocity = sampler._update(
+            state.theta, state.velocity, grad, inverse_mass, eta, noise
+        )
+        finite = bool(torch.isfinite(state.theta).all())
+        info: dict[str, Any] = {
+            "finite": finite,
+            "lp": lp,
+            "postfix": {"lr": f"{eta:.2g}", "T_conf": f"{float(config_t.mean()):.3g}"},
+        }
+        if finite and schedule.keep(k):  # never keep a non-finite draw
+            state.last_kept = k
+            stats = {
+                "step_size": torch.full((sampler.chains,), eta, dtype=torch.float64),
+                "configurational_temperature": config_t.detach().double(),
+            }
+            if sampler.has_momentum:
+                kinetic = sampler._kinetic_temperature(state.velocity, inverse_mass, eta)
+                stats["kinetic_temperature"] = (self.temperature * kinetic).double()
+            info["draw"] = (state.theta, stats)
+        return state, info
 
 
 class SGHMC(_StochasticGradientMCMC):
