@@ -107,6 +107,11 @@ class NonFiniteError(FloatingPointError):
         self.posterior = posterior
 
 
+#: Stop codes exchanged between processes (the largest wins), and back.
+_STOP_CODES = {None: 0, "interrupted": 1, "non-finite": 2}
+_STOP_REASONS = {code: reason for reason, code in _STOP_CODES.items()}
+
+
 class Driver:
     """Runs ``step(stage, i)`` over the stages, with progress, callbacks, Ctrl-C and NaN guard.
 
@@ -121,6 +126,10 @@ class Driver:
         one callable (see :func:`as_callbacks`).
     desc
         Progress bar label.
+    agree
+        In a run over several processes (:mod:`bayesdl.distributed`), called after every step
+        with this process's stop code (0: go on, 1: interrupted, 2: non-finite) and returning
+        the largest over all processes, so that every process stops after the same step.
 
     On a terminal (or in a notebook) the bar updates as tqdm does by default. Otherwise
     (``sys.stderr`` is not a TTY) at most ``100 / NON_TTY_PERCENT`` intermediate updates are
@@ -135,11 +144,13 @@ class Driver:
         progress: bool = True,
         callbacks: Callback | Sequence[Callback] = (),
         desc: str = "",
+        agree: Callable[[int], int] | None = None,
     ) -> None:
         self.stages = [(name, int(n)) for name, n in stages]
         self.progress = progress
         self.callbacks = as_callbacks(callbacks)
         self.desc = desc
+        self.agree = agree
 
     def run(
         self,
@@ -186,14 +197,26 @@ class Driver:
                             bar.set_postfix(info.get("postfix", {}), refresh=False)
                             bar.update()
                         event = StepEvent(stage, i, info)
-                        for cb in self.callbacks:
-                            cb(event)
+                        stop = False
+                        try:
+                            for cb in self.callbacks:
+                                cb(event)
+                        except KeyboardInterrupt:  # a callback's Ctrl-C: stop after this step
+                            if interrupt.forced:
+                                raise
+                            stop = True
                         if interrupt.forced:  # a step that swallowed the second one
                             raise KeyboardInterrupt
                         if not info.get("finite", True):
-                            return RunOutcome("non-finite", stage, i)
-                        if interrupt.requested:
-                            return RunOutcome("interrupted", stage, i)
+                            code = _STOP_CODES["non-finite"]
+                        elif stop or interrupt.requested:
+                            code = _STOP_CODES["interrupted"]
+                        else:
+                            code = 0
+                        if self.agree is not None:  # every process stops at the same step
+                            code = self.agree(code)
+                        if code:
+                            return RunOutcome(_STOP_REASONS[code], stage, i)
             except KeyboardInterrupt:
                 if interrupt.forced:
                     raise

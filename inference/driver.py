@@ -25,7 +25,10 @@ file's random streams and positions continue.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import os
+import pathlib
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
@@ -39,6 +42,7 @@ from torch import Tensor
 from bayesdl import inputs
 from bayesdl._checks import check_count
 from bayesdl._seeding import child_seeds
+from bayesdl.distributed import Ranks, agree_stop, gather_blocks, ranks
 
 from .base import Callback, Driver, Minibatches, RunOutcome, as_callbacks
 from .checks import check_bnn, check_start
@@ -59,6 +63,7 @@ __all__ = [
     "Seeds",
     "check_init_theta",
     "check_num_data",
+    "gather_chains",
     "identity_of",
     "prepare",
     "run",
@@ -152,6 +157,7 @@ class Seeds:
 
     seed: int | tuple[int, ...] | None
     chains: int
+    block: tuple[int, int] | None = None
 
     @classmethod
     def of(cls, seed: object, chains: int) -> Seeds:
@@ -180,8 +186,12 @@ class Seeds:
         return self.seed[0] if isinstance(self.seed, tuple) else self.seed
 
     def chain_rng(self, device: torch.device | str, dtype: torch.dtype) -> ChainRNG:
-        """One random stream per chain (:class:`~.rng.ChainRNG`)."""
-        return ChainRNG.from_seed(self.seed, self.chains, device=device, dtype=dtype)
+        """One random stream per chain (:class:`~.rng.ChainRNG`); in a run split over
+        processes, those of this process's :attr:`block` of chains (the same streams)."""
+        rng = ChainRNG.from_seed(self.seed, self.chains, device=device, dtype=dtype)
+        if self.block is not None:
+            rng.generators = rng.generators[self.block[0] : self.block[1]]
+        return rng
 
     def children(self, n: int) -> list[int]:
         """``n`` further independent seeds derived from :attr:`base`."""
@@ -197,6 +207,7 @@ class RunControl:
     checkpoint: Any = None
     checkpoint_every: int | None = None
     resume: Any = None
+    ranks: Ranks | None = None
 
     @classmethod
     def of(
@@ -206,8 +217,10 @@ class RunControl:
         checkpoint: object = None,
         checkpoint_every: object = None,
         resume: object = None,
+        distributed: bool | None = None,
     ) -> RunControl:
-        """Checked options; errors name the argument."""
+        """Checked options; errors name the argument. ``distributed`` chooses whether the
+        run is shared over the process group (:func:`bayesdl.distributed.ranks`)."""
         every = (
             None if checkpoint_every is None else check_count("checkpoint_every", checkpoint_every)
         )
@@ -221,12 +234,14 @@ class RunControl:
             raise TypeError(
                 f"resume: expected the path of a checkpoint file, got {type(resume).__name__}"
             )
+        group = ranks(distributed)
         return cls(
-            bool(progress),
+            bool(progress) and (group is None or group.root),
             as_callbacks(callbacks),
-            check_path("checkpoint", checkpoint),
+            _per_rank(check_path("checkpoint", checkpoint), group),
             every,
-            resume,
+            _per_rank(resume, group),
+            group,
         )
 
 
@@ -252,6 +267,19 @@ class Problem:
     num_data: int
     init_theta: Tensor
     seeds: Seeds
+
+    @property
+    def block(self) -> tuple[int, int] | None:
+        """This process's ``[start, stop)`` of the chains in a run split over processes."""
+        return self.seeds.block
+
+
+def _per_rank(path: Any, group: Ranks | None) -> Any:
+    """In a run over several processes each writes (and resumes from) its own file:
+    ``path`` with ``.rank<r>of<world>`` appended."""
+    if path is None or group is None:
+        return path
+    return pathlib.Path(f"{os.fspath(path)}.rank{group.rank}of{group.world}")
 
 
 def check_num_data(num_data: object, rows: int) -> int:
@@ -288,6 +316,7 @@ def prepare(
     num_data: object = None,
     tensor_inputs: str | None = None,
     default_init: Callable[[BNN, Seeds], Tensor] | None = None,
+    split: Ranks | None = None,
 ) -> Problem:
     """Check everything a BNN run needs before any work; see :class:`Problem`.
 
@@ -303,6 +332,9 @@ def prepare(
     tensor_inputs
         A backend that needs ``x`` as one tensor names itself here (tuple or dict inputs are
         then a ``TypeError``).
+    split
+        Share the chains over these processes: the Problem holds this process's block of
+        ``init_theta`` and of the chains' seed streams (the same as in a one-process run).
     """
     bnn = check_bnn(bnn)
     x, y = bnn.check_data(x, y)
@@ -318,6 +350,15 @@ def prepare(
             theta = default_init(bnn, seeds)
     else:
         theta = check_init_theta(init_theta, chains, bnn.num_params)
+    if split is not None:
+        if chains < split.world:
+            raise ValueError(
+                f"chains: {chains} chains cannot be shared over {split.world} processes "
+                "(give at least one chain per process, or distributed=False)"
+            )
+        start, stop = split.block(chains)
+        theta = theta[start:stop]
+        seeds = dataclasses.replace(seeds, block=(start, stop))
     theta = theta.detach().to(dtype=bnn.dtype, device=bnn.device).clone()
     check_start(bnn, theta, x, y)
     return Problem(bnn, x, y, num_data, theta, seeds)
@@ -438,12 +479,38 @@ def run(
                 save()
         return info
 
-    outcome = Driver(stages, progress=control.progress, callbacks=control.callbacks, desc=desc).run(
-        step, start
-    )
+    agree = None if control.ranks is None else agree_stop
+    outcome = Driver(
+        stages, progress=control.progress, callbacks=control.callbacks, desc=desc, agree=agree
+    ).run(step, start)
     if control.checkpoint is not None and outcome.reason != "non-finite":
         save()
     return RunResult(state, draws, outcome)
+
+
+def gather_chains(
+    theta: Tensor, stats: Mapping[str, Tensor], problem: Problem, group: Ranks | None
+) -> tuple[Tensor, dict[str, Tensor], dict[str, Any]]:
+    """In a run whose chains were split over processes: every chain's draws on rank 0, in
+    chain order; the other ranks keep their own. Returns ``(theta, stats, attrs)`` with
+    ``attrs["distributed"]`` saying which chains a posterior holds (empty in one process).
+
+    ``theta`` is ``(chains of this process, draws, D)``, each of ``stats`` ``(chains, draws)``.
+    """
+    if group is None or problem.block is None:
+        return theta, dict(stats), {}
+    counts = group.counts(problem.seeds.chains)
+    whole = gather_blocks(theta, counts)
+    whole_stats = {k: gather_blocks(v, counts) for k, v in sorted(stats.items())}
+    start, stop = problem.block
+    if group.root:
+        note = f"rank 0 of {group.world}: all {problem.seeds.chains} chains"
+        return whole, whole_stats, {"distributed": note}
+    note = (
+        f"rank {group.rank} of {group.world}: chains {start}-{stop - 1} of "
+        f"{problem.seeds.chains} (rank 0 holds all)"
+    )
+    return theta, dict(stats), {"distributed": note}
 
 
 def _check_identity(saved: Mapping[str, Any], current: Mapping[str, Any], path: object) -> None:

@@ -63,7 +63,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from bayesdl import inputs
 from bayesdl._checks import check_count, check_positive, check_probability
+from bayesdl.distributed import Ranks, all_reduce_sum
 from bayesdl.posterior import Posterior
 
 from ..base import Backend, Callback, Minibatches, finish
@@ -150,6 +152,7 @@ class _StochasticGradientMCMC(Backend):
         checkpoint: str | os.PathLike | None = None,
         checkpoint_every: int | None = None,
         resume: str | os.PathLike | None = None,
+        distributed: bool | None = None,
     ) -> Posterior:
         """Sample the posterior of ``bnn`` given ``(x, y)`` with minibatch gradients.
 
@@ -170,6 +173,11 @@ class _StochasticGradientMCMC(Backend):
             Write the run's state to ``checkpoint`` every ``checkpoint_every`` steps and when
             it stops; continue a run from such a file with ``resume`` (the result equals the
             uninterrupted run's; see :mod:`bayesdl.inference.driver`).
+        distributed
+            Share each minibatch's rows over the ``torch.distributed`` process group and sum
+            the gradients (data parallel; every process holds every chain). Default: whenever
+            a group of more than one process is initialised (:mod:`bayesdl.distributed`). The
+            result equals the one-process run's up to the order of floating-point sums.
 
         Returns
         -------
@@ -177,10 +185,17 @@ class _StochasticGradientMCMC(Backend):
             ``(chains, draws, D)`` with ``sample_stats`` ``step_size``,
             ``configurational_temperature`` and (SGHMC) ``kinetic_temperature``.
         """
-        control = RunControl.of(progress, callbacks, checkpoint, checkpoint_every, resume)
+        control = RunControl.of(
+            progress, callbacks, checkpoint, checkpoint_every, resume, distributed
+        )
         problem = prepare(bnn, x, y, chains=self.chains, seed=seed, init_theta=init_theta)
         batches = Minibatches(problem.x, problem.y, self.batch_size, problem.seeds.base)
-        algorithm = _Algorithm(self, problem, batches)
+        if control.ranks is not None and batches.batch_size < control.ranks.world:
+            raise ValueError(
+                f"batch_size: {batches.batch_size} rows cannot be shared over "
+                f"{control.ranks.world} processes (give at least one row per process)"
+            )
+        algorithm = _Algorithm(self, problem, batches, control.ranks)
         result = run(
             algorithm,
             control,
@@ -202,9 +217,16 @@ class _StochasticGradientMCMC(Backend):
                 "schedule": repr(self.schedule),
                 "preconditioner": str(self.preconditioner),
                 "stopped": result.outcome.reason or "",
+                **_data_parallel_note(control.ranks),
             },
         )
         return finish(posterior, result.outcome)
+
+
+def _data_parallel_note(group: Ranks | None) -> dict[str, str]:
+    if group is None:
+        return {}
+    return {"distributed": f"rank {group.rank} of {group.world}: data parallel, all chains"}
 
 
 @state_record
@@ -237,14 +259,41 @@ class _Algorithm(Algorithm[SGMCMCState]):
     """SGHMC or SGLD as ``init``/``step`` for :func:`~bayesdl.inference.driver.run`."""
 
     def __init__(
-        self, sampler: _StochasticGradientMCMC, problem: Problem, batches: Minibatches
+        self,
+        sampler: _StochasticGradientMCMC,
+        problem: Problem,
+        batches: Minibatches,
+        group: Ranks | None = None,
     ) -> None:
         self.sampler = sampler
+        self.group = group
         self.problem = problem
         self.batches = batches
         self.lr = DEFAULT_LR_PER_DATUM / batches.num_data if sampler.lr is None else sampler.lr
         bnn = problem.bnn
         self.temperature = bnn.temperature if bnn.tempering == "posterior" else 1.0
+
+    def minibatch_gradient(self, theta: Tensor) -> tuple[Tensor, Tensor]:
+        r"""The next minibatch's estimate of the log joint and its gradient, ``(C,)`` and
+        ``(C, D)``.
+
+        Over ``W`` processes, rank ``r`` scores its block of :math:`n_r` of the :math:`B` rows
+        with the likelihood scaled by :math:`N / n_r` and weights the result by
+        :math:`n_r / B`; the sum over ranks is the one-process estimate
+        :math:`\log p(\theta) + \frac{N}{B}\sum_{i \in B} \log p(y_i \mid \theta)`.
+        """
+        xb, yb = next(self.batches)
+        weight = 1.0
+        if self.group is not None:
+            rows = inputs.num_rows(xb)
+            start, stop = self.group.block(rows)
+            xb, yb = inputs.take_rows(xb, slice(start, stop)), yb[start:stop]
+            weight = (stop - start) / rows
+        log_joint = self.problem.bnn.log_joint_fn(xb, yb, self.batches.num_data, validate=False)
+        lp, grad = value_and_grad(log_joint)(theta)
+        if self.group is not None:
+            lp, grad = all_reduce_sum(weight * lp), all_reduce_sum(weight * grad)
+        return lp, grad
 
     def stages(self) -> list[tuple[str, int]]:
         burn = self.sampler.schedule.burn_in
@@ -265,11 +314,7 @@ class _Algorithm(Algorithm[SGMCMCState]):
         sampler, schedule = self.sampler, self.sampler.schedule
         k = state.step
         state.step += 1
-        xb, yb = next(self.batches)
-        log_density_and_grad = value_and_grad(
-            self.problem.bnn.log_joint_fn(xb, yb, self.batches.num_data, validate=False)
-        )
-        lp, grad = log_density_and_grad(state.theta)
+        lp, grad = self.minibatch_gradient(state.theta)
         if not (bool(torch.isfinite(lp).all()) and bool(torch.isfinite(grad).all())):
             # the current theta has no finite density: drop it if it was just kept
             return state, {

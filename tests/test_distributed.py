@@ -1,0 +1,140 @@
+"""Runs shared over two processes (gloo on the CPU) equal the one-process runs.
+
+Each test spawns two fresh processes (:func:`bayesdl.distributed.spawn`); the workers are the
+module-level functions below. Small BNNs keep them quick.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import pytest
+import torch
+
+from bayesdl import distributed, likelihoods, priors
+from bayesdl.inference import SGHMC, NonFiniteError
+from bayesdl.models import BNN, MLP
+from bayesdl.testing import FaultyMLP
+
+pytestmark = pytest.mark.skipif(
+    not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+    reason="torch.distributed with gloo is not available",
+)
+
+
+def _problem(faulty: bool = False) -> tuple[BNN, torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(40, 2, generator=gen, dtype=torch.float64)
+    y = torch.sin(x[:, 0]) + 0.1 * torch.randn(40, generator=gen, dtype=torch.float64)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        net = (FaultyMLP if faulty else MLP)(2, [5], 1, "tanh").double()
+    return BNN(net, priors.Gaussian(1.0), likelihoods.Gaussian(0.3)), x, y
+
+
+def _sghmc() -> SGHMC:
+    return SGHMC(chains=3, lr=1e-3, batch_size=10, burn_in=10, draws=10, thin=1)
+
+
+def _fit_sghmc(**kwargs: object) -> dict[str, object]:
+    bnn, x, y = _problem()
+    posterior = _sghmc().fit(bnn, x, y, seed=3, progress=False, **kwargs)
+    return {"theta": posterior.theta, "attrs": dict(posterior.attrs)}
+
+
+def _interrupted_on_rank_1(stop_at: int) -> dict[str, object]:
+    bnn, x, y = _problem()
+    rank = torch.distributed.get_rank()
+    seen: list[int] = []
+
+    def callback(event: object) -> None:
+        seen.append(1)
+        if rank == 1 and len(seen) == stop_at + 1:
+            raise KeyboardInterrupt
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        posterior = _sghmc().fit(bnn, x, y, seed=3, progress=False, callbacks=callback)
+    return {"steps": len(seen), "partial": posterior.partial, "theta": posterior.theta}
+
+
+def _nan_on_rank_0(at: int) -> dict[str, object]:
+    bnn, x, y = _problem(faulty=True)
+    rank = torch.distributed.get_rank()
+    seen: list[int] = []
+
+    def callback(event: object) -> None:
+        seen.append(1)
+        if rank == 0 and len(seen) == at + 1:
+            bnn.net.nan = True
+
+    try:
+        _sghmc().fit(bnn, x, y, seed=3, progress=False, callbacks=callback)
+    except NonFiniteError as error:
+        return {"steps": len(seen), "stopped": error.posterior.attrs["stopped"]}
+    return {"steps": len(seen), "stopped": ""}
+
+
+def _resume_sghmc(folder: str) -> dict[str, object]:
+    bnn, x, y = _problem()
+    path = os.path.join(folder, "run.ckpt")
+    seen: list[int] = []
+
+    def callback(event: object) -> None:
+        seen.append(1)
+        if len(seen) == 7:
+            raise KeyboardInterrupt
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        _sghmc().fit(bnn, x, y, seed=3, progress=False, checkpoint=path, callbacks=callback)
+    resumed = _sghmc().fit(bnn, x, y, seed=3, progress=False, resume=path)
+    return {"theta": resumed.theta, "files": sorted(os.listdir(folder))}
+
+
+def test_sghmc_data_parallel_equals_one_process():
+    """The gradient of a minibatch is summed from two halves: equal up to the order of the
+    floating-point sums (float64: rounding of 1e-16 relative per step, amplified over 20 steps
+    of a contracting sampler, stays far below 1e-9)."""
+    single = _fit_sghmc()
+    ranks = distributed.spawn(_fit_sghmc, 2)
+    for rank, result in enumerate(ranks):
+        torch.testing.assert_close(result["theta"], single["theta"], rtol=0, atol=1e-9)
+        assert result["attrs"]["distributed"].startswith(f"rank {rank} of 2: data parallel")
+
+
+def test_ctrl_c_on_one_rank_stops_both_after_the_same_step():
+    results = distributed.spawn(_interrupted_on_rank_1, 2, 5)
+    assert [r["steps"] for r in results] == [6, 6]
+    assert all(r["partial"] for r in results)
+    torch.testing.assert_close(results[0]["theta"], results[1]["theta"], rtol=0, atol=0)
+
+
+def test_nan_on_one_rank_stops_both():
+    results = distributed.spawn(_nan_on_rank_0, 2, 4)
+    assert [r["stopped"] for r in results] == ["non-finite", "non-finite"]
+    assert results[0]["steps"] == results[1]["steps"] < 20
+
+
+def test_checkpoint_per_rank_and_resume_under_two_processes(tmp_path):
+    single = _fit_sghmc()
+    results = distributed.spawn(_resume_sghmc, 2, str(tmp_path))
+    assert results[0]["files"] == ["run.ckpt.rank0of2", "run.ckpt.rank1of2"]
+    for result in results:
+        torch.testing.assert_close(result["theta"], single["theta"], rtol=0, atol=1e-9)
+
+
+def test_distributed_true_without_a_group_is_refused():
+    bnn, x, y = _problem()
+    with pytest.raises(ValueError, match="^distributed: no process group"):
+        _sghmc().fit(bnn, x, y, progress=False, distributed=True)
+    with pytest.raises(TypeError, match="^distributed: expected a bool"):
+        _sghmc().fit(bnn, x, y, progress=False, distributed="yes")
+
+
+def test_ranks_split_chains_into_contiguous_blocks():
+    group = distributed.Ranks(1, 3)
+    assert group.counts(7) == [3, 2, 2]
+    assert group.block(7) == (3, 5)
+    assert [distributed.Ranks(r, 3).block(7) for r in range(3)] == [(0, 3), (3, 5), (5, 7)]
