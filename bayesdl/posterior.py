@@ -22,9 +22,10 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import numpy as np
 import torch
 from torch import Tensor
+from torch.utils.data import DataLoader
 
 from . import inputs
-from ._checks import check_count, check_finite, check_positive
+from ._checks import as_tensor, check_count, check_finite, check_positive
 from ._memory import PROBE_DRAWS, forward_cost, plan_chunks
 from ._seeding import seeded
 from .arviz_bridge import from_groups
@@ -329,13 +330,15 @@ class Posterior:
             raise ValueError(f"{what}: the posterior has no draws (the run stopped during warmup)")
         return self.bnn
 
-    def predict(self, x: Tensor, *, chunk_size: int | None = None) -> Predictive:
+    def predict(self, x: Tensor | DataLoader, *, chunk_size: int | None = None) -> Predictive:
         """Network outputs at ``x`` for every draw, with posterior predictive summaries.
 
         Parameters
         ----------
         x
-            Inputs ``(N, ...)``.
+            Inputs ``(N, ...)``; or a ``torch.utils.data.DataLoader`` whose batches are inputs
+            or ``(x, y)`` pairs (inputs that do not fit in memory at once: the outputs of the
+            batches are concatenated, in the loader's order).
         chunk_size
             Draws evaluated at once, at all rows. Default: chosen from the memory of a forward
             pass, measured on a few rows, so that the activations held at once stay within
@@ -348,6 +351,8 @@ class Posterior:
             Naming ``x`` or ``chunk_size`` (an integer >= 1, or ``None``).
         """
         bnn = self._require_bnn("predict")
+        if isinstance(x, DataLoader):
+            return self._predict_batches(x, chunk_size, targets=False)[0]
         x = bnn.check_inputs(x)
         draws, rows = self._chunks(x, chunk_size)
         chunks = (f for f, _ in self._output_chunks(x, draws, rows))
@@ -357,6 +362,42 @@ class Posterior:
         return Predictive(
             samples, bnn.likelihood, self._latents(), lambda y: bnn.check_data(x, y)[1]
         )
+
+    def _predict_batches(
+        self, loader: DataLoader, chunk_size: int | None, *, targets: bool
+    ) -> tuple[Predictive, Tensor | None, Inputs]:
+        """:meth:`predict` over a DataLoader's batches: the predictive at all its rows, the
+        concatenated targets (with ``targets``, each batch an ``(x, y)`` pair), and the first
+        batch's inputs (for shape checks)."""
+        bnn = self.bnn
+        assert bnn is not None
+        samples, ys, first = [], [], None
+        for batch in loader:
+            pair = isinstance(batch, (tuple, list))
+            xb = batch[0] if pair else batch
+            if targets:
+                if not (pair and len(batch) == 2):
+                    raise TypeError("x: to evaluate, each batch of the DataLoader must be (x, y)")
+                xb, yb = bnn.check_data(xb, batch[1])
+                ys.append(yb)
+            samples.append(self.predict(xb, chunk_size=chunk_size).samples)
+            first = xb if first is None else first
+        if first is None:
+            raise ValueError("x: the DataLoader yields no batches")
+        outputs = torch.cat(samples, dim=2)
+        rows = outputs.shape[2]
+
+        def check_targets(y: Tensor) -> Tensor:
+            y = as_tensor("y", y)
+            if y.dim() == 0 or y.shape[0] != rows:
+                raise ValueError(f"y: has {y.shape[0] if y.dim() else 0} rows but x has {rows}")
+            if y.is_floating_point():
+                check_finite("y", y)
+            y = bnn.likelihood.check_targets(y.to(bnn.device), bnn.out_features(first))
+            return y.to(bnn.dtype) if y.is_floating_point() else y
+
+        predictive = Predictive(outputs, bnn.likelihood, self._latents(), check_targets)
+        return predictive, torch.cat(ys) if targets else None, first
 
     def _chunks(self, x: Inputs, chunk_size: int | None) -> tuple[int, int]:
         """Draws and rows evaluated at once at checked inputs ``x``: ``chunk_size`` draws at all
@@ -419,8 +460,8 @@ class Posterior:
 
     def evaluate(
         self,
-        x: Tensor,
-        y: Tensor,
+        x: Tensor | DataLoader,
+        y: Tensor | None = None,
         *,
         y_scale: float = 1.0,
         ood_x: Tensor | None = None,
@@ -452,7 +493,8 @@ class Posterior:
         Parameters
         ----------
         x, y
-            Inputs and targets.
+            Inputs and targets; or ``x`` a ``torch.utils.data.DataLoader`` of ``(x, y)``
+            batches and ``y=None`` (data that do not fit in memory at once).
         y_scale
             Standard deviation used to standardise the targets (``Dataset.y_scale``): metrics are
             then reported in the original units (``rmse * y_scale``,
@@ -471,7 +513,13 @@ class Posterior:
         """
         bnn = self._require_bnn("evaluate")
         scale = check_positive("y_scale", y_scale)
-        x, y = bnn.check_data(x, y)
+        pred = None
+        if isinstance(x, DataLoader):
+            if y is not None:
+                raise ValueError("y: with x a DataLoader its batches are (x, y) pairs; give y=None")
+            pred, y, x = self._predict_batches(x, chunk_size, targets=True)
+        else:
+            x, y = bnn.check_data(x, y)
         if ood_x is not None:
             if not bnn.likelihood.is_classifier:
                 raise ValueError(
@@ -486,7 +534,8 @@ class Posterior:
                     f"ood_x: rows of shape {dict(inputs.row_shapes(ood_x))}, x has "
                     f"{dict(inputs.row_shapes(x))}"
                 )
-        pred = self.predict(x, chunk_size=chunk_size)
+        if pred is None:
+            pred = self.predict(x, chunk_size=chunk_size)
         if not bool(torch.isfinite(pred.samples).all()):
             raise ValueError(
                 "evaluate: the network's outputs at x are NaN or infinite for some draws (see "

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import torch
 from torch import Tensor
+from torch.utils.data import DataLoader
 
 from bayesdl import inputs
 from bayesdl._checks import check_count
@@ -46,6 +47,7 @@ from bayesdl.distributed import Ranks, agree_stop, gather_blocks, ranks
 
 from .base import Callback, Driver, Minibatches, RunOutcome, as_callbacks
 from .checks import check_bnn, check_start
+from .loaders import LoaderBatches, as_loader, dataset_size, first_batch, is_loader
 from .rng import ChainRNG
 from .state import check_path, read_checkpoint, state_record, write_checkpoint
 
@@ -252,7 +254,7 @@ class Problem:
     Attributes
     ----------
     bnn, x, y
-        The model and the checked data.
+        The model and the checked data (with a DataLoader: its first batch).
     num_data
         Size of the full data set (the likelihood is scaled by ``num_data / len(x)``).
     init_theta
@@ -267,6 +269,17 @@ class Problem:
     num_data: int
     init_theta: Tensor
     seeds: Seeds
+    loader: DataLoader | None = None
+
+    def minibatches(
+        self, batch_size: int | None, seed: int | None, group: Ranks | None = None
+    ) -> Minibatches | LoaderBatches:
+        """The run's stream of minibatches: of the tensors ``(x, y)`` (``batch_size`` rows,
+        :class:`~.base.Minibatches`), or of the DataLoader the data came in
+        (:class:`~.loaders.LoaderBatches`, sharded over ``group``)."""
+        if self.loader is None:
+            return Minibatches(self.x, self.y, batch_size, seed)
+        return LoaderBatches(self.loader, self.bnn.check_data, self.num_data, seed, group)
 
     @property
     def block(self) -> tuple[int, int] | None:
@@ -317,6 +330,7 @@ def prepare(
     tensor_inputs: str | None = None,
     default_init: Callable[[BNN, Seeds], Tensor] | None = None,
     split: Ranks | None = None,
+    batch_size: int | None = None,
 ) -> Problem:
     """Check everything a BNN run needs before any work; see :class:`Problem`.
 
@@ -332,11 +346,22 @@ def prepare(
     tensor_inputs
         A backend that needs ``x`` as one tensor names itself here (tuple or dict inputs are
         then a ``TypeError``).
+    batch_size
+        With data as an ``IterableDataset``: the size of its batches (:mod:`.loaders`).
     split
         Share the chains over these processes: the Problem holds this process's block of
         ``init_theta`` and of the chains' seed streams (the same as in a one-process run).
     """
     bnn = check_bnn(bnn)
+    loader = None
+    if is_loader(x):
+        if y is not None:
+            raise ValueError(
+                "y: with data as a DataLoader its batches are (x, y) pairs; give y=None"
+            )
+        loader = as_loader(x, batch_size)
+        num_data = dataset_size(loader, num_data)
+        x, y = first_batch(loader)
     x, y = bnn.check_data(x, y)
     if tensor_inputs is not None:
         inputs.require_tensor(x, tensor_inputs)
@@ -361,7 +386,7 @@ def prepare(
         seeds = dataclasses.replace(seeds, block=(start, stop))
     theta = theta.detach().to(dtype=bnn.dtype, device=bnn.device).clone()
     check_start(bnn, theta, x, y)
-    return Problem(bnn, x, y, num_data, theta, seeds)
+    return Problem(bnn, x, y, num_data, theta, seeds, loader)
 
 
 def fingerprint(x: Inputs, y: Tensor) -> list[Any]:
@@ -410,7 +435,7 @@ def run(
     *,
     desc: str,
     identity: Mapping[str, Any],
-    batches: Minibatches | None = None,
+    batches: Minibatches | LoaderBatches | None = None,
 ) -> RunResult:
     """Run ``algorithm`` to the end of its stages (or until Ctrl-C or a non-finite step).
 

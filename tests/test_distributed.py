@@ -11,6 +11,7 @@ import warnings
 
 import pytest
 import torch
+from torch.utils.data import DataLoader, TensorDataset
 
 from bayesdl import distributed, likelihoods, priors
 from bayesdl.inference import SGHMC, NonFiniteError
@@ -127,9 +128,9 @@ def test_checkpoint_per_rank_and_resume_under_two_processes(tmp_path):
 
 def test_distributed_true_without_a_group_is_refused():
     bnn, x, y = _problem()
-    with pytest.raises(ValueError, match="^distributed: no process group"):
+    with pytest.raises(ValueError, match=r"^distributed: no process group"):
         _sghmc().fit(bnn, x, y, progress=False, distributed=True)
-    with pytest.raises(TypeError, match="^distributed: expected a bool"):
+    with pytest.raises(TypeError, match=r"^distributed: expected a bool"):
         _sghmc().fit(bnn, x, y, progress=False, distributed="yes")
 
 
@@ -138,3 +139,22 @@ def test_ranks_split_chains_into_contiguous_blocks():
     assert group.counts(7) == [3, 2, 2]
     assert group.block(7) == (3, 5)
     assert [distributed.Ranks(r, 3).block(7) for r in range(3)] == [(0, 3), (3, 5), (5, 7)]
+
+
+def _loader_fit(batch_size: int) -> dict[str, object]:
+    bnn, x, y = _problem()
+    loader = DataLoader(TensorDataset(x, y), batch_size=batch_size)
+    sampler = SGHMC(chains=3, lr=1e-3, burn_in=10, draws=10, thin=1)
+    posterior = sampler.fit(bnn, loader, seed=3, progress=False)
+    return {"theta": posterior.theta}
+
+
+def test_a_dataloader_is_sharded_over_ranks_and_equals_one_process():
+    """Each rank reads its half of the rows (DistributedSampler); the union of the two
+    batches is the full data, so the run equals the one-process full-batch run up to the
+    order of the sums (tolerance as above)."""
+    bnn, x, y = _problem()
+    sampler = SGHMC(chains=3, lr=1e-3, burn_in=10, draws=10, thin=1)
+    single = sampler.fit(bnn, x, y, seed=3, progress=False)
+    for result in distributed.spawn(_loader_fit, 2, 20):
+        torch.testing.assert_close(result["theta"], single.theta, rtol=0, atol=1e-9)

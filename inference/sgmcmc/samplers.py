@@ -62,6 +62,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
+from torch.utils.data import DataLoader
 
 from bayesdl import inputs
 from bayesdl._checks import check_count, check_positive, check_probability
@@ -70,7 +71,7 @@ from bayesdl.posterior import Posterior
 
 from ..base import Backend, Callback, Minibatches, finish
 from ..driver import Algorithm, Problem, RunControl, identity_of, prepare, run
-from ..mcmc.integrators import value_and_grad
+from ..gradients import value_and_grad
 from ..rng import ChainRNG
 from ..state import state_record
 from .preconditioners import Identity, make_preconditioner
@@ -142,13 +143,14 @@ class _StochasticGradientMCMC(Backend):
     def fit(
         self,
         bnn: BNN,
-        x: Tensor,
-        y: Tensor,
+        x: Tensor | DataLoader,
+        y: Tensor | None = None,
         *,
         seed: int | Sequence[int] | None = None,
         progress: bool = True,
         callbacks: Callback | Sequence[Callback] = (),
         init_theta: Tensor | None = None,
+        num_data: int | None = None,
         checkpoint: str | os.PathLike | None = None,
         checkpoint_every: int | None = None,
         resume: str | os.PathLike | None = None,
@@ -161,7 +163,10 @@ class _StochasticGradientMCMC(Backend):
         bnn
             The model; its ``temperature`` sets the target.
         x, y
-            All the training data (checked once, before any sampling).
+            All the training data (checked once, before any sampling); or ``x`` a
+            ``torch.utils.data.DataLoader`` of ``(x, y)`` batches (or an ``IterableDataset``,
+            batched by ``batch_size``) and ``y=None``, for data that do not fit in memory
+            (:mod:`bayesdl.inference.loaders`; each batch is checked as it comes).
         seed
             One seed (minibatch order and every chain's noise), or one seed per chain (the
             minibatch order then follows the first).
@@ -169,6 +174,9 @@ class _StochasticGradientMCMC(Backend):
             As for every backend.
         init_theta
             Initial values ``(chains, D)``; default: draws from the prior.
+        num_data
+            Size of the full data set (default: the rows given, or the DataLoader's dataset
+            length).
         checkpoint, checkpoint_every, resume
             Write the run's state to ``checkpoint`` every ``checkpoint_every`` steps and when
             it stops; continue a run from such a file with ``resume`` (the result equals the
@@ -188,9 +196,22 @@ class _StochasticGradientMCMC(Backend):
         control = RunControl.of(
             progress, callbacks, checkpoint, checkpoint_every, resume, distributed
         )
-        problem = prepare(bnn, x, y, chains=self.chains, seed=seed, init_theta=init_theta)
-        batches = Minibatches(problem.x, problem.y, self.batch_size, problem.seeds.base)
-        if control.ranks is not None and batches.batch_size < control.ranks.world:
+        problem = prepare(
+            bnn,
+            x,
+            y,
+            chains=self.chains,
+            seed=seed,
+            init_theta=init_theta,
+            num_data=num_data,
+            batch_size=self.batch_size,
+        )
+        batches = problem.minibatches(self.batch_size, problem.seeds.base, control.ranks)
+        if (
+            control.ranks is not None
+            and problem.loader is None
+            and batches.batch_size < control.ranks.world
+        ):
             raise ValueError(
                 f"batch_size: {batches.batch_size} rows cannot be shared over "
                 f"{control.ranks.world} processes (give at least one row per process)"
@@ -286,9 +307,14 @@ class _Algorithm(Algorithm[SGMCMCState]):
         weight = 1.0
         if self.group is not None:
             rows = inputs.num_rows(xb)
-            start, stop = self.group.block(rows)
-            xb, yb = inputs.take_rows(xb, slice(start, stop)), yb[start:stop]
-            weight = (stop - start) / rows
+            if self.problem.loader is not None:
+                # each rank read its own rows: the global batch is their union
+                total = int(all_reduce_sum(torch.tensor(float(rows))))
+                weight = rows / total
+            else:
+                start, stop = self.group.block(rows)
+                xb, yb = inputs.take_rows(xb, slice(start, stop)), yb[start:stop]
+                weight = (stop - start) / rows
         log_joint = self.problem.bnn.log_joint_fn(xb, yb, self.batches.num_data, validate=False)
         lp, grad = value_and_grad(log_joint)(theta)
         if self.group is not None:
