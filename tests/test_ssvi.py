@@ -21,6 +21,7 @@ from bayesdl.inference.vi.sparse.masks import (
 )
 from bayesdl.inference.vi.sparse.posterior import SparsePosterior, pack_mask, unpack_mask
 from bayesdl.inference.vi.sparse.ssvi import SSVI
+from bayesdl.inference.vi.sparse.trainer import SparseTrainer
 from bayesdl.inference.vi.vi import VI
 from bayesdl.models import BNN, MLP, ConvNet
 
@@ -300,14 +301,14 @@ def test_initial_sparse_means_keep_the_dense_scale():
     bnn, _, _ = _classification()
     ssvi = SSVI(density=0.25)
     prior_draw = ssvi._initial_guide(bnn, seed=7)
-    guide = ssvi._masked_guide(bnn, prior_draw, seeds=[0, 1, 2, 3, 4])
+    guide = ssvi._masked_guide(bnn, prior_draw, mask_seed=4)
     for site in ssvi.sparse_sites(bnn):
         active = guide.mask[site.index]
         expected = prior_draw.loc.detach()[site.index][active] / 0.5
         torch.testing.assert_close(guide.loc.detach()[site.index][active], expected)
         assert (guide.loc.detach()[site.index][~active] == 0).all()
     warm = SSVI(density=0.25, init=Posterior(prior_draw.loc.detach()[None, None], bnn))
-    unscaled = warm._masked_guide(bnn, prior_draw, seeds=[0, 1, 2, 3, 4])
+    unscaled = warm._masked_guide(bnn, prior_draw, mask_seed=4)
     site = ssvi.sparse_sites(bnn)[0]
     active = unscaled.mask[site.index]
     torch.testing.assert_close(
@@ -320,7 +321,10 @@ def test_grown_coordinates_restart_at_zero_mean_and_the_sites_mean_scale():
 
     bnn, x, y = _classification(hidden=32)
     ssvi = SSVI(density=0.2, steps=20, update_every=10, drop_fraction=0.6, lr=0.05)
-    trainer = ssvi._make_trainer(bnn, ssvi._initial_guide(bnn, 0), x, y, 60, [1, 2, 3, 4, 5])
+    guide = ssvi._masked_guide(bnn, ssvi._initial_guide(bnn, 0), mask_seed=5)
+    elbo = FunctionalELBO(bnn, x, local_reparam=True, kl="analytic", num_particles=1)
+    record = ssvi.mask_record([1, 2, 3, 4, 5])
+    trainer = SparseTrainer(elbo, guide, 60, ssvi, ssvi.sparse_sites(bnn), record)
     optimizer = make_optimizer("adam", trainer.parameters(), 0.05)
     for step in range(10):
         optimizer.zero_grad()

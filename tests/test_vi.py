@@ -13,7 +13,8 @@ from torch import nn
 from bayesdl import Posterior, likelihoods, priors
 from bayesdl._seeding import seeded
 from bayesdl.inference import SSVI, NonFiniteError, StepEvent
-from bayesdl.inference.vi.elbo import FunctionalELBO, expected_log_prob, has_closed_form
+from bayesdl.inference.vi.closed_form import expected_log_prob, has_closed_form
+from bayesdl.inference.vi.elbo import FunctionalELBO
 from bayesdl.inference.vi.guides import MeanField, guide_from_posterior
 from bayesdl.inference.vi.local_reparam import LayerNoise, local_reparameterization
 from bayesdl.inference.vi.optim import kl_weight

@@ -25,10 +25,10 @@ Estimators
   ``Conv`` layers whose weights are sites, and plain reparameterised draws
   :math:`\theta = \mu + \sigma\epsilon` for every other site.
 * Entropy: closed form (``kl="analytic"``) or :math:`-\log q(\theta)` at a draw (``"mc"``).
-* Prior cross-entropy :math:`\mathbb E_q[\log p]`: closed form for ``Normal``, ``Laplace``
-  and reshaped ``MultivariateNormal`` priors of unconstrained sites (given the draws of any
-  hyper-latents they depend on), else :math:`\log p` at a draw (Student-t, Cauchy, scale
-  mixtures, constrained hyper-latents).
+* Prior cross-entropy :math:`\mathbb E_q[\log p]`: closed form (:mod:`.closed_form`) for
+  ``Normal``, ``Laplace`` and reshaped ``MultivariateNormal`` priors of unconstrained sites
+  (given the draws of any hyper-latents they depend on), else :math:`\log p` at a draw
+  (Student-t, Cauchy, scale mixtures, constrained hyper-latents).
 
 Every estimator is unbiased, so the ELBO estimate has the same expectation whatever the
 choices; they differ in variance only. Each of the ``num_particles`` particles uses its own
@@ -37,7 +37,6 @@ noise; the estimate is their average.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -46,17 +45,12 @@ import pyro
 import torch
 from torch import Tensor
 from torch.distributions import (
-    Distribution,
-    Laplace,
-    MultivariateNormal,
-    Normal,
-    TransformedDistribution,
     biject_to,
 )
-from torch.distributions.transforms import ReshapeTransform
 
 from bayesdl.functional import SiteSpec
 
+from .closed_form import LOG_2PI, expected_log_prob, has_closed_form, static_prior_terms
 from .guides import MeanField
 from .linear_layers import probe_linear_layers
 from .local_reparam import LayerNoise, local_reparameterization, reparameterizable
@@ -64,89 +58,11 @@ from .local_reparam import LayerNoise, local_reparameterization, reparameterizab
 if TYPE_CHECKING:  # pragma: no cover
     from bayesdl.models import BNN
 
-__all__ = ["ElboEstimate", "FunctionalELBO", "expected_log_prob", "has_closed_form"]
+__all__ = ["ElboEstimate", "FunctionalELBO"]
 
-_LOG_2PI = math.log(2 * math.pi)
 _KL_MODES = ("analytic", "mc")
 
 
-# ---------------------------------------------------------------------------------- closed forms
-def _folded_normal_mean(loc: Tensor, scale: Tensor) -> Tensor:
-    r"""The folded-normal mean :math:`\mathbb E|X|` of :math:`X \sim \mathcal N(\mu, \sigma^2)`,
-
-    .. math::
-        \mu\,\mathrm{erf}\big(\mu / (\sigma\sqrt2)\big)
-            + \sigma\sqrt{2/\pi}\, e^{-\mu^2/(2\sigma^2)}.
-    """
-    z = loc / scale
-    return loc * torch.erf(z / math.sqrt(2)) + scale * math.sqrt(2 / math.pi) * torch.exp(
-        -0.5 * z * z
-    )
-
-
-def _reshaped_mvn(d: Distribution) -> MultivariateNormal | None:
-    if not isinstance(d, TransformedDistribution) or not isinstance(
-        d.base_dist, MultivariateNormal
-    ):
-        return None
-    if not all(isinstance(t, ReshapeTransform) for t in d.transforms):
-        return None
-    return d.base_dist
-
-
-def has_closed_form(d: Distribution) -> bool:
-    """Whether :func:`expected_log_prob` has a closed form for the prior ``d``."""
-    return isinstance(d, (Normal, Laplace)) or _reshaped_mvn(d) is not None
-
-
-def expected_log_prob(d: Distribution, loc: Tensor, scale: Tensor) -> Tensor:
-    r""":math:`\mathbb E_{\theta \sim \mathcal N(\mu, \mathrm{diag}\,\sigma^2)}[\log d(\theta)]`.
-
-    Parameters
-    ----------
-    d
-        ``Normal(m, s)``, ``Laplace(m, b)`` or a ``MultivariateNormal`` reshaped to the event
-        shape of a site (the correlated convolution prior), with batch dimensions that
-        broadcast against ``loc``.
-    loc, scale
-        Means and standard deviations of the guide, shaped like one value of the site.
-
-    Returns
-    -------
-    Tensor
-        Elementwise for factorised priors (broadcast shape of ``d``'s batch and ``loc``);
-        one value per event for the multivariate prior.
-
-    Notes
-    -----
-    * Normal: :math:`-\log s - \tfrac12\log 2\pi - ((\mu - m)^2 + \sigma^2) / (2 s^2)`.
-    * Laplace: :math:`-\log 2b - \mathbb E|\theta - m| / b`, with the folded-normal mean.
-    * Multivariate normal :math:`\mathcal N(m, \Sigma)` over ``k`` coordinates:
-      :math:`-\tfrac12[k\log 2\pi + \log|\Sigma| + (\mu - m)^\top\Sigma^{-1}(\mu - m)
-      + \sum_j (\Sigma^{-1})_{jj}\sigma_j^2]`.
-    """
-    if isinstance(d, Normal):
-        var = d.scale * d.scale
-        return (
-            -torch.log(d.scale) - 0.5 * _LOG_2PI - ((loc - d.loc) ** 2 + scale * scale) / (2 * var)
-        )
-    if isinstance(d, Laplace):
-        return -torch.log(2 * d.scale) - _folded_normal_mean(loc - d.loc, scale) / d.scale
-    mvn = _reshaped_mvn(d)
-    if mvn is None:
-        raise ValueError(f"d: no closed form for {type(d).__name__}")
-    k = mvn.event_shape[0]
-    event_dims = len(d.event_shape)
-    diff = loc.reshape(*loc.shape[: loc.dim() - event_dims], k) - mvn.loc
-    var = (scale * scale).reshape(diff.shape)
-    precision = mvn.precision_matrix
-    quad = ((diff @ precision) * diff).sum(-1)
-    trace = (var * torch.diagonal(precision, dim1=-2, dim2=-1)).sum(-1)
-    log_det = 2 * torch.log(torch.diagonal(mvn.scale_tril, dim1=-2, dim2=-1)).sum(-1)
-    return -0.5 * (k * _LOG_2PI + log_det + quad + trace)
-
-
-# ---------------------------------------------------------------------------------- the ELBO
 @dataclass(frozen=True)
 class ElboEstimate:
     """One estimate of the ELBO, averaged over particles.
@@ -246,7 +162,7 @@ class FunctionalELBO:
             for s in self.sites
             if kl == "mc" or s.name not in covered or not self.analytic[s.name]
         ]
-        self.static_terms = _static_terms(bnn, priors, self.analytic)
+        self.static_terms = static_prior_terms(bnn, priors, self.analytic)
         self.static_sites = {name for group in self.static_terms for name in group.sites}
         if bnn.tempering == "posterior":
             self.lik_factor = self.prior_factor = 1.0 / bnn.temperature
@@ -319,7 +235,7 @@ class FunctionalELBO:
             noise = torch.randn(P, site.numel, dtype=loc.dtype, device=loc.device)
             u = loc_used[sl] + scale_used[sl] * noise
             if self.kl == "mc":
-                terms = -0.5 * noise * noise - torch.log(scale[sl]) - 0.5 * _LOG_2PI
+                terms = -0.5 * noise * noise - torch.log(scale[sl]) - 0.5 * LOG_2PI
                 log_q = log_q + _masked_sum(terms, _m(mask, sl))
             value = u.reshape(P, *site.shape)
             if not site.is_real:
@@ -362,54 +278,6 @@ class FunctionalELBO:
             kl=float(kl.mean().detach()),
             loc_used=loc_used,
         )
-
-
-@dataclass(frozen=True)
-class _StaticTerms:
-    """Closed-form prior terms of several sites at once: one prior over their coordinates."""
-
-    sites: tuple[str, ...]
-    index: Tensor
-    prior: Distribution
-
-
-def _static_terms(
-    bnn: BNN, priors: Mapping[str, Distribution], analytic: Mapping[str, bool]
-) -> list[_StaticTerms]:
-    """Group the closed-form ``Normal`` and ``Laplace`` prior terms that depend on no latent.
-
-    Their priors are fixed, so their parameters are gathered once into vectors over the
-    coordinates of all such sites, and one vectorised expression replaces one per site.
-    """
-    net = bnn.net
-    modules = dict(net.named_modules())
-    slices = bnn.layout.slices
-    groups: dict[type, list[tuple[str, Tensor, Tensor]]] = {Normal: [], Laplace: []}
-    for name, param in net.named_parameters():
-        if not analytic.get(name, False):
-            continue
-        owner = modules[name.rsplit(".", 1)[0] if "." in name else ""]
-        chosen = bnn.prior(name, param, owner)
-        if chosen is None or chosen.latent_sites(name, param, owner):
-            continue
-        d = priors[name]
-        family = Normal if isinstance(d, Normal) else Laplace if isinstance(d, Laplace) else None
-        if family is None:
-            continue
-        loc = d.loc.detach().expand(param.shape).reshape(-1)
-        scale = d.scale.detach().expand(param.shape).reshape(-1)
-        groups[family].append((name, loc, scale))
-    out = []
-    for family, members in groups.items():
-        if not members:
-            continue
-        names = tuple(m[0] for m in members)
-        index = torch.cat(
-            [torch.arange(slices[n].start, slices[n].stop, device=bnn.device) for n in names]
-        )
-        prior = family(torch.cat([m[1] for m in members]), torch.cat([m[2] for m in members]))
-        out.append(_StaticTerms(names, index, prior))
-    return out
 
 
 def _m(mask: Tensor | None, sl: slice) -> Tensor | None:

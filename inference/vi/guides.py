@@ -87,6 +87,27 @@ class MeanField:
         self.raw_scale = inverse_softplus(scale.detach()).clone().requires_grad_(True)
         self.mask = None if mask is None else mask.clone()
 
+    @classmethod
+    def from_raw(cls, loc: Tensor, raw_scale: Tensor, mask: Tensor | None = None) -> MeanField:
+        """The family with leaves :math:`\\mu` = ``loc`` and :math:`\\rho` = ``raw_scale``.
+
+        Unlike the constructor, :math:`\\rho` is taken as it is (no round trip through
+        :math:`\\sigma`), so a family rebuilt from its stored leaves is the same bit for bit.
+        The leaves share storage with the tensors given.
+        """
+        family = cls.__new__(cls)
+        if loc.dim() != 1 or raw_scale.shape != loc.shape:
+            raise ValueError(
+                f"raw_scale: expected the shape of loc {tuple(loc.shape)}, got "
+                f"{tuple(raw_scale.shape)}"
+            )
+        if mask is not None and (mask.dtype != torch.bool or mask.shape != loc.shape):
+            raise ValueError(f"mask: expected a bool tensor of shape {tuple(loc.shape)}")
+        family.loc = loc.detach().requires_grad_(True)
+        family.raw_scale = raw_scale.detach().requires_grad_(True)
+        family.mask = mask
+        return family
+
     @property
     def num_params(self) -> int:
         """``D``."""

@@ -21,103 +21,45 @@ Where the result lives
 * ``posterior.attrs["elbo_trace"]``: ``(1, steps)``, the ELBO estimate at each optimisation
   step (with the KL weighted by the annealing weight of that step). It is not a
   ``sample_stats`` entry because those are per draw, and the trace is per step.
+
+The steps themselves (a MAP stage, then the ELBO optimisation) are
+:class:`~.algorithm.VIAlgorithm`, run by :func:`~bayesdl.inference.driver.run`, which also
+writes checkpoints and resumes from them; the trainers of the two engines are in
+:mod:`.trainers`.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
-from numbers import Real
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
-from bayesdl import inputs
 from bayesdl._checks import check_count, check_positive
-from bayesdl._seeding import child_seeds, seeded
 from bayesdl.posterior import Posterior
 
-from ..base import Backend, Callback, Driver, Minibatches, RunOutcome, as_callbacks, finish
-from ..checks import check_bnn, check_start
-from ..optimizers import check_optimizer, make_optimizer
-from .elbo import ElboEstimate, FunctionalELBO
+from ..base import Backend, Callback, Minibatches, RunOutcome, finish
+from ..driver import RunControl, Seeds, identity_of, prepare, run
+from ..optimizers import check_optimizer
+from .algorithm import VIAlgorithm
+from .elbo import FunctionalELBO
 from .guides import ATTR, MeanField, guide_from_posterior
-from .optim import check_kl_anneal, check_lr_schedule, kl_weight, make_lr_scheduler
-from .pyro_engine import PyroTrainer
+from .optim import check_kl_anneal, check_lr_schedule
+from .records import NUM_SEED_STREAMS, SEED_BATCHES, SEED_INIT, VIState
+from .trainers import FunctionalTrainer
 
 if TYPE_CHECKING:  # pragma: no cover
     from bayesdl.models import BNN
 
-__all__ = ["SEED_MASK", "VI", "FunctionalTrainer"]
+__all__ = ["VI"]
 
 _ENGINES = ("functional", "pyro")
 _GUIDES = ("mean_field",)
 _INITS = ("prior", "map")
 _KLS = ("analytic", "mc")
-#: Child-seed streams of one fit: initial guide, minibatch order, ELBO noise, final draws, masks.
-#: ``SEED_MASK`` is unused by VI and reserved for the masks of SSVI
-#: (:class:`~bayesdl.inference.SSVI`), which draws from the same five streams.
-_SEED_INIT, _SEED_BATCHES, _SEED_NOISE, _SEED_DRAWS, SEED_MASK = range(5)
-
-
-class FunctionalTrainer:
-    """The functional engine's loss for a :class:`MeanField` guide.
-
-    The trainer interface of the VI loop: :meth:`parameters` to optimise, :meth:`loss` (the
-    negative ELBO at a minibatch, with what to record), :meth:`after_step` (a hook after each
-    optimiser step; SSVI subclasses it to update its masks) and :meth:`family` (the guide).
-
-    Parameters
-    ----------
-    elbo
-        The ELBO estimator.
-    family
-        The guide whose parameters are optimised.
-    num_data
-        Size of the whole data set (scales a minibatch's log-likelihood).
-    """
-
-    def __init__(self, elbo: FunctionalELBO, family: MeanField, num_data: int) -> None:
-        self.elbo = elbo
-        self.guide = family
-        self.num_data = num_data
-        self.last: ElboEstimate | None = None  # the latest estimate (SSVI reads its gradient)
-
-    def parameters(self) -> list[Tensor]:
-        return self.guide.parameters()
-
-    def loss(self, x: Tensor, y: Tensor, beta: float, step: int) -> tuple[Tensor, dict[str, Any]]:
-        estimate = self.elbo(self.guide, x, y, self.num_data, beta)
-        self.last = estimate
-        objective = estimate.objective
-        return -objective, {"elbo": float(objective.detach()), "kl": estimate.kl}
-
-    def after_step(self, step: int, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-        return {}
-
-    def family(self) -> MeanField:
-        return self.guide
-
-
-class _PyroAdapter:
-    """:class:`PyroTrainer` behind the trainer interface of the driver loop."""
-
-    def __init__(self, trainer: PyroTrainer) -> None:
-        self.trainer = trainer
-
-    def parameters(self) -> list[Tensor]:
-        return self.trainer.parameters()
-
-    def loss(self, x: Tensor, y: Tensor, beta: float, step: int) -> tuple[Tensor, dict[str, Any]]:
-        loss, objective = self.trainer.loss(x, y, beta)
-        return loss, {"elbo": objective}
-
-    def after_step(self, step: int, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-        return {}
-
-    def family(self) -> MeanField:
-        return self.trainer.family()
 
 
 class VI(Backend):
@@ -246,8 +188,11 @@ class VI(Backend):
         *,
         seed: int | None = None,
         progress: bool = True,
-        callbacks: Sequence[Callback] = (),
+        callbacks: Callback | Sequence[Callback] = (),
         num_data: int | None = None,
+        checkpoint: str | os.PathLike | None = None,
+        checkpoint_every: int | None = None,
+        resume: str | os.PathLike | None = None,
     ) -> Posterior:
         """Fit the guide to the posterior of ``bnn`` given ``(x, y)``.
 
@@ -266,6 +211,11 @@ class VI(Backend):
             ``info`` holds ``elbo`` and ``beta`` (and SSVI's mask statistics).
         num_data
             Size of the full data set if ``(x, y)`` is a subsample (scales the likelihood).
+        checkpoint, checkpoint_every, resume
+            Write the run's state to ``checkpoint`` every ``checkpoint_every`` steps and when
+            it stops; continue a run from such a file with ``resume`` (the result equals the
+            uninterrupted run's; see :mod:`bayesdl.inference.driver`). The Pyro engine keeps
+            its guide in Pyro objects and cannot write or resume checkpoints (``ValueError``).
 
         Returns
         -------
@@ -273,54 +223,72 @@ class VI(Backend):
             ``(1, draws, D)`` draws from the fitted guide, ``kind="variational"``; marked
             partial after Ctrl-C (the draws then come from the guide as it was).
         """
-        bnn = check_bnn(bnn)
-        x, y = bnn.check_data(x, y)
-        inputs.require_tensor(x, type(self).__name__)
-        callbacks = as_callbacks(callbacks)
-        num_data = _check_num_data(num_data, x.shape[0])
-        self._check_model(bnn)
-        seeds = child_seeds(seed, 5)
-        batches = Minibatches(x, y, self.batch_size, seeds[_SEED_BATCHES])
-        family = self._initial_guide(bnn, seeds[_SEED_INIT])
-        check_start(bnn, family.loc.detach()[None], x, y)
-        trace: list[float] = []
-        with seeded(seeds[_SEED_NOISE]):
-            runner = _Runner(self, bnn, family, batches, num_data, seeds, trace)
-            stages = ([("map", self.init_steps)] if self.init == "map" else []) + [
-                ("fit", self.steps)
-            ]
-            outcome = Driver(
-                stages, progress=progress, callbacks=callbacks, desc=self._description()
-            ).run(runner.step)
-            family = runner.current_family()
-        family = self._final_guide(bnn, family, seeds)
-        posterior = self._posterior(bnn, family, trace, outcome, seeds[_SEED_DRAWS], runner, x[:1])
-        return finish(posterior, outcome)
-
-    # ------------------------------------------------------------------ hooks for SSVI
-    def _check_model(self, bnn: BNN) -> None:
-        """Raise before any work if the backend cannot serve ``bnn`` (SSVI adds checks)."""
-
-    def _make_trainer(
-        self, bnn: BNN, family: MeanField, x: Tensor, y: Tensor, num_data: int, seeds: list[int]
-    ) -> Any:
+        control = RunControl.of(progress, callbacks, checkpoint, checkpoint_every, resume)
         if self.engine == "pyro":
-            return _PyroAdapter(PyroTrainer(bnn, family, x, y, num_data, self.num_particles))
-        elbo = FunctionalELBO(
+            for name, value in (("checkpoint", checkpoint), ("resume", resume)):
+                if value is not None:
+                    raise ValueError(
+                        f"{name}: the Pyro engine keeps its guide in Pyro objects, which a "
+                        "checkpoint cannot hold; use engine='functional' to checkpoint a run"
+                    )
+        streams = Seeds.of(seed, 1).children(NUM_SEED_STREAMS)
+        initial: list[MeanField] = []
+
+        def initial_loc(bnn: BNN, _: Seeds) -> Tensor:
+            initial.append(self._initial_guide(bnn, streams[SEED_INIT]))
+            return initial[0].loc.detach()[None]
+
+        problem = prepare(
             bnn,
             x,
-            local_reparam=self.local_reparam,
-            kl=self.kl,
-            num_particles=self.num_particles,
+            y,
+            chains=1,
+            seed=seed,
+            num_data=num_data,
+            tensor_inputs=type(self).__name__,
+            default_init=initial_loc,
         )
-        return FunctionalTrainer(elbo, family, num_data)
+        bnn, x = problem.bnn, problem.x
+        self._check_model(bnn)
+        batches = Minibatches(x, problem.y, self.batch_size, streams[SEED_BATCHES])
+        raw_scale = initial[0].raw_scale.detach()
+        algorithm = VIAlgorithm(self, problem, batches, streams, raw_scale)
+        result = run(
+            algorithm,
+            control,
+            desc=self._description(),
+            identity=identity_of(self, problem),
+            batches=batches,
+        )
+        state: VIState = result.state
+        family = self.final_guide(bnn, algorithm.family(state), state)
+        posterior = self._posterior(bnn, family, state, result.outcome, algorithm, x[:1])
+        return finish(posterior, result.outcome)
 
-    def _final_guide(self, bnn: BNN, family: MeanField, seeds: list[int]) -> MeanField:
-        """The guide the draws come from (SSVI masks one that never reached its trainer)."""
+    # ------------------------------------------------------------------ hooks (SSVI overrides)
+    def mask_record(self, streams: list[int]) -> Any:
+        """What the backend adds to the run's State (SSVI: its masks' record); VI: ``None``."""
+        return None
+
+    def start_guide(self, bnn: BNN, family: MeanField, state: VIState) -> MeanField:
+        """The guide the fit stage starts from, given the initial (or MAP-centred) one."""
         return family
 
+    def make_trainer(
+        self, bnn: BNN, family: MeanField, elbo: FunctionalELBO, num_data: int, state: VIState
+    ) -> FunctionalTrainer:
+        """The functional engine's trainer of ``family`` (built again on resume)."""
+        return FunctionalTrainer(elbo, family, num_data)
+
+    def final_guide(self, bnn: BNN, family: MeanField, state: VIState) -> MeanField:
+        """The guide the draws come from (SSVI masks one that never reached the fit stage)."""
+        return family
+
+    def _check_model(self, bnn: BNN) -> None:
+        """Raise before any step if the backend cannot serve ``bnn`` (SSVI adds checks)."""
+
     def _extra_attrs(
-        self, bnn: BNN, family: MeanField, trainer: Any, x_example: Tensor
+        self, bnn: BNN, family: MeanField, state: VIState, x_example: Tensor
     ) -> dict[str, Any]:
         return {}
 
@@ -368,15 +336,15 @@ class VI(Backend):
         self,
         bnn: BNN,
         family: MeanField,
-        trace: list[float],
+        state: VIState,
         outcome: RunOutcome,
-        seed: int,
-        runner: _Runner,
+        algorithm: VIAlgorithm,
         x_example: Tensor,
     ) -> Posterior:
-        generator = torch.Generator(device=family.loc.device).manual_seed(seed)
+        generator = torch.Generator(device=family.loc.device).manual_seed(state.draws_seed)
         theta = family.sample(self.draws, generator=generator)
         log_q = family.log_prob(theta)
+        trace = state.trace
         attrs: dict[str, Any] = {
             "inference": self.name,
             "engine": self.engine,
@@ -389,7 +357,7 @@ class VI(Backend):
             else self.optimizer.__name__,
             "batch_size": self.batch_size or 0,
             "num_particles": self.num_particles,
-            "local_reparam": int(runner.uses_local_reparam),
+            "local_reparam": int(algorithm.uses_local_reparam(state)),
             "kl": self.kl,
             "kl_anneal": self.kl_anneal
             if isinstance(self.kl_anneal, float)
@@ -402,7 +370,7 @@ class VI(Backend):
             ATTR: family.state(),
             "elbo_trace": torch.tensor(trace, dtype=torch.float64)[None],
         }
-        attrs.update(self._extra_attrs(bnn, family, runner.trainer, x_example))
+        attrs.update(self._extra_attrs(bnn, family, state, x_example))
         return self._make_posterior(
             theta[None],
             bnn,
@@ -411,100 +379,3 @@ class VI(Backend):
             partial=outcome.partial,
             attrs=attrs,
         )
-
-
-class _Runner:
-    """The step function of one fit: a MAP stage (optional), then the ELBO optimisation."""
-
-    def __init__(
-        self,
-        vi: VI,
-        bnn: BNN,
-        family: MeanField,
-        batches: Minibatches,
-        num_data: int,
-        seeds: list[int],
-        trace: list[float],
-    ) -> None:
-        self.vi = vi
-        self.bnn = bnn
-        self.batches = batches
-        self.num_data = num_data
-        self.seeds = seeds
-        self.trace = trace
-        self.family = family
-        self.trainer: Any = None
-        self.optimizer: torch.optim.Optimizer | None = None
-        self.scheduler: Any = None
-        self.map_theta: Tensor | None = None
-        self.map_optimizer: torch.optim.Optimizer | None = None
-
-    @property
-    def uses_local_reparam(self) -> bool:
-        elbo = getattr(self.trainer, "elbo", None)
-        return bool(elbo is not None and elbo.uses_local_reparam)
-
-    def current_family(self) -> MeanField:
-        """The guide as it is now (during the MAP stage: centred at the current estimate)."""
-        if self.trainer is not None:
-            return self.trainer.family()
-        if self.map_theta is not None:
-            loc = self.map_theta.detach()[0]
-            return MeanField(loc, self.family.scale().detach())
-        return self.family
-
-    def step(self, stage: str, i: int) -> dict[str, Any]:
-        if stage == "map":
-            return self._map_step(i)
-        return self._fit_step(i)
-
-    def _map_step(self, i: int) -> dict[str, Any]:
-        if self.map_theta is None:
-            self.map_theta = self.family.loc.detach().clone()[None].requires_grad_(True)
-            self.map_optimizer = make_optimizer(self.vi.optimizer, [self.map_theta], self.vi.lr)
-        x, y = next(self.batches)
-        log_joint = self.bnn.log_joint_fn(x, y, self.num_data, validate=False)(self.map_theta)[0]
-        if not torch.isfinite(log_joint):
-            return {"finite": False, "log_joint": float(log_joint.detach())}
-        self.map_optimizer.zero_grad(set_to_none=True)
-        (-log_joint).backward()
-        self.map_optimizer.step()
-        value = float(log_joint.detach())
-        return {"log_joint": value, "postfix": {"log_joint": f"{value:.4g}"}}
-
-    def _start(self, x: Tensor, y: Tensor) -> None:
-        family = self.current_family()
-        self.trainer = self.vi._make_trainer(self.bnn, family, x, y, self.num_data, self.seeds)
-        self.optimizer = make_optimizer(self.vi.optimizer, self.trainer.parameters(), self.vi.lr)
-        self.scheduler = make_lr_scheduler(self.vi.lr_schedule, self.optimizer, self.vi.steps)
-
-    def _fit_step(self, i: int) -> dict[str, Any]:
-        x, y = next(self.batches)
-        if self.trainer is None:
-            self._start(x, y)
-        beta = kl_weight(self.vi.kl_anneal, i, self.vi.steps)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss, info = self.trainer.loss(x, y, beta, i)
-        if not torch.isfinite(loss):
-            return {"finite": False, **info}
-        loss.backward()
-        params = self.trainer.parameters()
-        if not all(bool(torch.isfinite(p.grad).all()) for p in params if p.grad is not None):
-            return {"finite": False, **info}
-        self.optimizer.step()
-        if self.scheduler is not None:
-            self.scheduler.step()
-        self.trace.append(info["elbo"])
-        info = {**info, "beta": beta, "postfix": {"elbo": f"{info['elbo']:.4g}"}}
-        info.update(self.trainer.after_step(i + 1, self.optimizer))
-        return info
-
-
-def _check_num_data(num_data: int | None, n: int) -> int:
-    if num_data is None:
-        return n
-    if isinstance(num_data, bool) or not isinstance(num_data, Real) or int(num_data) != num_data:
-        raise TypeError(f"num_data: expected an integer, got {num_data!r}")
-    if num_data < n:
-        raise ValueError(f"num_data: {num_data} is smaller than the number of examples {n}")
-    return int(num_data)

@@ -49,17 +49,12 @@ from bayesdl._seeding import child_seeds
 from ..elbo import FunctionalELBO
 from ..guides import MeanField
 from ..linear_layers import probe_linear_layers
-from ..vi import SEED_MASK, VI, FunctionalTrainer
+from ..records import SEED_MASK, VIState
+from ..vi import VI
 from .cost import training_flops_ratio
-from .masks import (
-    GROWTH,
-    REMOVAL,
-    SparseSite,
-    drop_fraction_at,
-    random_mask,
-    update_mask,
-)
+from .masks import GROWTH, REMOVAL, SparseSite, random_mask
 from .posterior import SparsePosterior
+from .trainer import MaskState, SparseTrainer
 
 if TYPE_CHECKING:  # pragma: no cover
     from bayesdl.models import BNN
@@ -189,16 +184,16 @@ class SSVI(VI):
     def _description(self) -> str:
         return f"SSVI (density {self.density:g})"
 
-    def _masked_guide(self, bnn: BNN, family: MeanField, seeds: list[int]) -> MeanField:
+    def _masked_guide(self, bnn: BNN, family: MeanField, mask_seed: int) -> MeanField:
         """``family`` restricted to the initial random mask (means zeroed outside it).
 
-        With ``init="prior"`` the surviving means of each sparse weight are scaled by
-        ``1 / sqrt(density)``: a prior draw is scaled for the dense fan-in, and without the
-        factor each sparse layer would shrink its pre-activations by ``sqrt(density)``, leaving
-        the biases to dominate the initial network (sparse fan-in scaling, as in sparse
-        training, Evci et al. 2020).
+        The mask is drawn from ``mask_seed``. With ``init="prior"`` the surviving means of each
+        sparse weight are scaled by ``1 / sqrt(density)``: a prior draw is scaled for the dense
+        fan-in, and without the factor each sparse layer would shrink its pre-activations by
+        ``sqrt(density)``, leaving the biases to dominate the initial network (sparse fan-in
+        scaling, as in sparse training, Evci et al. 2020).
         """
-        generator = torch.Generator().manual_seed(seeds[SEED_MASK])
+        generator = torch.Generator().manual_seed(mask_seed)
         sites = self.sparse_sites(bnn)
         mask = random_mask(bnn.num_params, sites, generator).to(family.loc.device)
         with torch.no_grad():
@@ -209,27 +204,27 @@ class SSVI(VI):
                         loc[site.index] /= math.sqrt(site.density)
         return MeanField(loc, family.scale().detach(), mask)
 
-    def _make_trainer(
-        self, bnn: BNN, family: MeanField, x: Tensor, y: Tensor, num_data: int, seeds: list[int]
-    ) -> _SparseTrainer:
-        guide = self._masked_guide(bnn, family, seeds)
-        elbo = FunctionalELBO(
-            bnn,
-            x,
-            local_reparam=self.local_reparam,
-            kl=self.kl,
-            num_particles=self.num_particles,
-        )
+    def mask_record(self, streams: list[int]) -> MaskState:
         # growth="random" draws from its own stream, so the mask stream never touches the
         # ELBO noise (SSVI at density 1 then repeats dense VI exactly)
-        generator = torch.Generator().manual_seed(child_seeds(seeds[SEED_MASK], 1)[0])
-        return _SparseTrainer(elbo, guide, num_data, self, self.sparse_sites(bnn), generator)
+        seed = child_seeds(streams[SEED_MASK], 1)[0]
+        return MaskState(torch.Generator().manual_seed(seed))
 
-    def _final_guide(self, bnn: BNN, family: MeanField, seeds: list[int]) -> MeanField:
-        return family if family.mask is not None else self._masked_guide(bnn, family, seeds)
+    def start_guide(self, bnn: BNN, family: MeanField, state: VIState) -> MeanField:
+        return self._masked_guide(bnn, family, state.mask_seed)
+
+    def make_trainer(
+        self, bnn: BNN, family: MeanField, elbo: FunctionalELBO, num_data: int, state: VIState
+    ) -> SparseTrainer:
+        return SparseTrainer(elbo, family, num_data, self, self.sparse_sites(bnn), state.sparse)
+
+    def final_guide(self, bnn: BNN, family: MeanField, state: VIState) -> MeanField:
+        if family.mask is not None:
+            return family
+        return self._masked_guide(bnn, family, state.mask_seed)
 
     def _extra_attrs(
-        self, bnn: BNN, family: MeanField, trainer: Any, x_example: Tensor
+        self, bnn: BNN, family: MeanField, state: VIState, x_example: Tensor
     ) -> dict[str, Any]:
         mask = family.mask
         parameters = dict(bnn.net.named_parameters())
@@ -239,7 +234,7 @@ class SSVI(VI):
                 density[spec.name] = float(mask[bnn.layout.slices[spec.name]].double().mean())
         layers = probe_linear_layers(bnn.net, x_example)
         active = int(mask.sum())
-        changed = trainer.changed if trainer is not None else []
+        changed = state.sparse.changed
         report = {
             "density": density,
             "density_overall": active / bnn.num_params,
@@ -267,81 +262,6 @@ class SSVI(VI):
     def _make_posterior(self, theta: Tensor, bnn: BNN, stats: dict, **kwargs: Any) -> Posterior:
         mask = kwargs["attrs"]["variational"]["mask"]
         return SparsePosterior(theta, bnn, stats, mask=mask, **kwargs)
-
-
-class _SparseTrainer(FunctionalTrainer):
-    """The functional trainer plus SSVI's mask updates."""
-
-    def __init__(
-        self,
-        elbo: FunctionalELBO,
-        family: MeanField,
-        num_data: int,
-        ssvi: SSVI,
-        sites: list[SparseSite],
-        generator: torch.Generator,
-    ) -> None:
-        super().__init__(elbo, family, num_data)
-        self.ssvi = ssvi
-        self.sites = sites
-        self.generator = generator
-        self.updates = set(ssvi.update_steps())
-        self.until = ssvi.drop_until * ssvi.steps
-        self.changed: list[int] = []
-        self.dense_grad: Tensor | None = None
-
-    def loss(self, x: Tensor, y: Tensor, beta: float, step: int) -> tuple[Tensor, dict[str, Any]]:
-        loss, info = super().loss(x, y, beta, step)
-        if step + 1 in self.updates and self.ssvi.growth == "grad":
-
-            def capture(grad: Tensor) -> None:
-                self.dense_grad = grad.detach().clone()
-
-            self.last.loc_used.register_hook(capture)
-        return loss, info
-
-    def after_step(self, step: int, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-        guide = self.guide
-        info: dict[str, Any] = {"num_active": guide.num_active}
-        if step not in self.updates:
-            return info
-        fraction = drop_fraction_at(step, self.ssvi.drop_fraction, self.until)
-        with torch.no_grad():
-            update = update_mask(
-                guide.mask,
-                self.sites,
-                guide.loc.detach(),
-                guide.scale().detach(),
-                self.dense_grad,
-                fraction,
-                self.ssvi.removal,
-                self.ssvi.growth,
-                self.generator,
-            )
-            for site in self.sites:
-                sl = site.index
-                grown = update.grown[sl]
-                if bool(grown.any()):
-                    kept = guide.mask[sl] & update.mask[sl]
-                    guide.raw_scale[sl][grown] = guide.raw_scale[sl][kept].mean()
-            changed = update.grown | update.dropped
-            guide.loc[changed] = 0.0
-            guide.mask = update.mask
-            _zero_optimizer_state(optimizer, guide.parameters(), changed)
-        self.dense_grad = None
-        self.changed.append(update.num_changed)
-        info.update(num_active=guide.num_active, mask_changed=update.num_changed, drop=fraction)
-        return info
-
-
-def _zero_optimizer_state(
-    optimizer: torch.optim.Optimizer, params: Sequence[Tensor], where: Tensor
-) -> None:
-    """Zero every per-coordinate optimiser state (momentum, Adam moments) at ``where``."""
-    for param in params:
-        for value in optimizer.state.get(param, {}).values():
-            if isinstance(value, Tensor) and value.shape == param.shape:
-                value[where] = 0
 
 
 def _check_fraction(name: str, value: object, *, low_open: bool, high_open: bool) -> float:
