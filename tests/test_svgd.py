@@ -17,9 +17,12 @@ from statistical.blr import linear_regression
 from bayesdl import Posterior, likelihoods, priors
 from bayesdl.inference import ConvergenceWarning
 from bayesdl.inference.base import NonFiniteError
+from bayesdl.inference.particles.directions import SteinDirection
+from bayesdl.inference.particles.initial import draw_initial
 from bayesdl.inference.particles.scores import GaussianProcessScore
 from bayesdl.inference.particles.stein_kernels import IMQ, RBF, Hybrid
 from bayesdl.inference.particles.svgd import SVGD, annealing, uniform_domain
+from bayesdl.inference.particles.targets import BNNTarget
 from bayesdl.models import BNN, MLP
 
 DTYPE = torch.float64
@@ -52,6 +55,31 @@ def regression_1d(seed: int = 0, n: int = 30):
 
 def gaussian_log_density(theta: torch.Tensor) -> torch.Tensor:
     return -0.5 * (theta**2).sum(-1)
+
+
+def target_of(svgd: SVGD, bnn, x, y, num_data: int, batch_seed: int = 0):
+    """The BNN target an SVGD fit builds (no measurement inputs), and its random streams."""
+    target = BNNTarget(
+        bnn,
+        x,
+        y,
+        num_data=num_data,
+        batch_size=svgd.batch_size,
+        measurement=None,
+        measurement_size=None,
+        prior_score=svgd.prior_score,
+        prior_draws=svgd.prior_draws,
+        ssge_eta=svgd.ssge_eta,
+        ssge_threshold=svgd.ssge_threshold,
+        function_space=svgd.function_space,
+        batch_seed=batch_seed,
+    )
+    return target, target.streams(1, 2)
+
+
+def direction_of(svgd: SVGD) -> SteinDirection:
+    """The update direction of ``svgd``'s settings."""
+    return SteinDirection(svgd.kernel, svgd.update, svgd.stochastic, svgd.lr, svgd.ssge_eta)
 
 
 # ------------------------------------------------------------------------------ arguments
@@ -262,9 +290,9 @@ def test_net_init_draws_fresh_networks_at_the_modules_own_scale(seed):
     torch.manual_seed(seed)
     bnn = BNN(MLP(30, [40], 3).to(DTYPE), priors.Gaussian(1.0), likelihoods.Categorical())
     svgd = SVGD(particles=20)
-    theta = svgd._draw_initial(bnn, seed)
-    assert torch.equal(theta, svgd._draw_initial(bnn, seed))
-    assert not torch.equal(theta, svgd._draw_initial(bnn, seed + 1))
+    theta = draw_initial(svgd.init, bnn, 20, seed)
+    assert torch.equal(theta, draw_initial(svgd.init, bnn, 20, seed))
+    assert not torch.equal(theta, draw_initial(svgd.init, bnn, 20, seed + 1))
     assert torch.pdist(theta).min() > 0
     sites = bnn.unravel(theta)
     for name, fan_in in [("layers.0", 30), ("layers.1", 40)]:
@@ -274,7 +302,7 @@ def test_net_init_draws_fresh_networks_at_the_modules_own_scale(seed):
             assert values.abs().max() <= bound
             se = bound**2 * math.sqrt((1 / 5 - 1 / 9) / len(values))
             assert abs(float(values.var()) - bound**2 / 3) < 4 * se, (name, part)
-    prior = SVGD(particles=20, init="prior")._draw_initial(bnn, seed)
+    prior = draw_initial(SVGD(particles=20, init="prior").init, bnn, 20, seed)
     torch.testing.assert_close(prior, bnn.init_theta(20, seed))
     assert prior.std() > 5 * theta.std()  # N(0, 1) draws: sd 1 against about 0.1
 
@@ -324,20 +352,20 @@ def test_probs_function_space_scores_and_compares_probabilities(seed):
     pulls it back to zero."""
     bnn, x, y = classifier(seed, n=6)
     svgd = SVGD(particles=3, kernel="function", function_space="probs", prior_score=zero_prior)
-    target = svgd._target(bnn, x, y, len(x), None, [0, 1, 2])
+    target, streams = target_of(svgd, bnn, x, y, len(x))
     theta = bnn.init_theta(3, seed)
     batch = target.next_batch()
-    fun = target.functions(theta, batch)
+    fun = target.functions(theta, batch, streams)
     probs = torch.softmax(bnn.forward(theta, x), -1)
     torch.testing.assert_close(fun.flat, probs.flatten(1))
     onehot = torch.nn.functional.one_hot(batch[1], 3)
     expected = onehot / probs[:, torch.arange(6), batch[1]][..., None] - 1
-    torch.testing.assert_close(target.function_score(fun, batch), expected.flatten(1))
+    torch.testing.assert_close(target.function_score(fun, batch, streams), expected.flatten(1))
     # A member whose probability of the label underflows to 0 gets a finite score, 1/eps - 1.
     sure = fun.f.detach().clone()
     sure[0, 0] = 0.0
     sure[0, 0, (batch[1][0] + 1) % 3] = 1.0
-    wrong = target.function_score(dataclasses.replace(fun, f=sure), batch)
+    wrong = target.function_score(dataclasses.replace(fun, f=sure), batch, streams)
     assert torch.isfinite(wrong).all()
     scale = len(x) / len(batch[1])  # num_data / batch size (full batch here: 1)
     expected_wrong = torch.tensor(scale / torch.finfo(DTYPE).eps - scale, dtype=DTYPE)
@@ -362,9 +390,9 @@ def test_pull_back_is_the_jacobian_transpose_product(seed):
 
     bnn, x, y = regression_1d(seed)
     svgd = SVGD(particles=3, kernel="function")
-    target = svgd._target(bnn, x, y, len(x), None, [0, 1, 2])
+    target, streams = target_of(svgd, bnn, x, y, len(x))
     theta = bnn.init_theta(3, seed)
-    fun = target.functions(theta, target.next_batch())
+    fun = target.functions(theta, target.next_batch(), streams)
     phi_f = torch.randn(fun.flat.shape, generator=torch.Generator().manual_seed(seed), dtype=DTYPE)
     pulled = pull_back(fun, phi_f)
     for i in range(3):
@@ -436,11 +464,12 @@ def test_minibatch_updates_average_to_the_full_batch_update(kernel, seed):
     theta = bnn.init_theta(4, seed)
     full = SVGD(particles=4, kernel=kernel)
     gen = torch.Generator()
-    full_target = full._target(bnn, x, y, 12, None, [0, 1, 2])
-    phi_full, _ = full._direction(full_target, theta, None, 1.0, gen)
+    full_target, _ = target_of(full, bnn, x, y, 12)
+    phi_full, _ = direction_of(full)(full_target, theta, None, 1.0, gen)
     mini = SVGD(particles=4, kernel=kernel, batch_size=4)
-    target = mini._target(bnn, x, y, 12, None, [seed, 1, 2])
-    phis = [mini._direction(target, theta, target.next_batch(), 1.0, gen)[0] for _ in range(3)]
+    target, _ = target_of(mini, bnn, x, y, 12, batch_seed=seed)
+    step = direction_of(mini)
+    phis = [step(target, theta, target.next_batch(), 1.0, gen)[0] for _ in range(3)]
     torch.testing.assert_close(torch.stack(phis).mean(0), phi_full)
     # A wrong scaling (forgetting num_data / batch_size) would be off by a factor on the data term.
     assert not torch.allclose(torch.stack(phis).sum(0), phi_full)
@@ -457,9 +486,9 @@ def test_temperature_scales_the_function_space_score(tempering, seed):
         hot = BNN(bnn.net, bnn.prior, bnn.likelihood, temperature, tempering)
         prior = gp if not prior_only else (lambda f, inputs: torch.zeros_like(f))
         svgd = SVGD(particles=3, kernel="function", prior_score=prior)
-        target = svgd._target(hot, x, y, len(x), None, [0, 1, 2])
-        fun = target.functions(bnn.init_theta(3, seed), target.next_batch())
-        return target.function_score(fun, target.next_batch())
+        target, streams = target_of(svgd, hot, x, y, len(x))
+        fun = target.functions(bnn.init_theta(3, seed), target.next_batch(), streams)
+        return target.function_score(fun, target.next_batch(), streams)
 
     cold, warm = score(1.0), score(2.0)
     lik_cold, lik_warm = score(1.0, True), score(2.0, True)
@@ -476,7 +505,8 @@ def test_stochastic_noise_has_covariance_two_lr_k_over_p(seed):
     km = RBF()(x)
     gen = torch.Generator().manual_seed(seed)
     n = 20000
-    draws = torch.stack([svgd._langevin(km, x, gen)[:, 0] for _ in range(n)]) * svgd.lr
+    langevin = direction_of(svgd).langevin
+    draws = torch.stack([langevin(km, x, gen)[:, 0] for _ in range(n)]) * svgd.lr
     expected = 2 * svgd.lr * km.value / 3
     sample = torch.cov(draws.T)
     var = expected.diagonal()

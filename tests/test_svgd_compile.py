@@ -18,6 +18,7 @@ from torch import nn
 from bayesdl import likelihoods, priors
 from bayesdl.inference import compilation
 from bayesdl.inference.base import NonFiniteError
+from bayesdl.inference.particles.compiled import compiled_step
 from bayesdl.inference.particles.stein_kernels import IMQ, RBF, Kernel
 from bayesdl.inference.particles.svgd import SVGD
 from bayesdl.inference.particles.targets import DensityTarget
@@ -97,10 +98,10 @@ def test_which_optimisers_update_inside_the_graph(optimizer, kwargs, kind):
     svgd = SVGD(particles=3, optimizer=optimizer, optimizer_kwargs=kwargs, compile=True)
     theta = torch.zeros(3, 2)
     target = DensityTarget(lambda t: -(t**2).sum(-1))
-    step = svgd._compiled_step(target, theta, optimizer([theta], lr=svgd.lr, **kwargs))
+    step = compiled_step(svgd, target, theta, optimizer([theta], lr=svgd.lr, **kwargs))
     assert step is not None and step.kind == kind  # nothing compiles before the first call
     hybrid = SVGD(particles=3, kernel="hybrid", compile=True)
-    assert hybrid._compiled_step(target, theta, torch.optim.Adam([theta])) is None
+    assert compiled_step(hybrid, target, theta, torch.optim.Adam([theta])) is None
 
 
 def test_a_step_that_cannot_compile_runs_eagerly_after_a_warning(monkeypatch):

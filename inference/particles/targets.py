@@ -6,26 +6,34 @@ measurement set (:meth:`functions`), the function-space score there (likelihood 
 functional prior's score, estimated with SSGE from prior draws or given exactly), and the
 vector-Jacobian product that pulls a function-space direction back to the weights
 (:func:`pull_back`).
+
+A target holds what is fixed for a run (the model, the data, the settings); the random streams
+of the function-space score (measurement draws, prior draws) are a :class:`FunctionStreams`
+record that the caller keeps in the run's state and passes in, so that a run resumed from a
+checkpoint continues them exactly.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from bayesdl import inputs
 from bayesdl._seeding import PrivateStream
 from bayesdl.models import BNN
 
 from ..base import Minibatches
+from ..state import state_record
 from .scores import ssge_score
 
 __all__ = [
     "BNNTarget",
     "DensityTarget",
+    "FunctionStreams",
     "Functions",
     "MeasurementLike",
     "PriorScore",
@@ -62,6 +70,25 @@ class Functions:
     batch_size: int
 
 
+@state_record
+class FunctionStreams:
+    """The random streams of the function-space score (part of an SVGD run's state).
+
+    Attributes
+    ----------
+    measurement
+        The CPU generator of the measurement draws (a pool's rows, or a callable's points).
+    prior
+        The CPU state of the prior draws' stream (:class:`~bayesdl._seeding.PrivateStream`).
+    prior_cuda
+        Its CUDA states, one per device the network is on (empty on the CPU).
+    """
+
+    measurement: torch.Generator
+    prior: Tensor
+    prior_cuda: list[Tensor]
+
+
 class DensityTarget:
     """An SVGD target from a bare log density ``(P, D) -> (P,)``: weight space only.
 
@@ -91,6 +118,9 @@ class DensityTarget:
         with torch.no_grad():
             return self.log_density(theta)
 
+    def last_batch(self) -> None:
+        return None
+
 
 class BNNTarget:
     """An SVGD target from a BNN and its data.
@@ -98,8 +128,9 @@ class BNNTarget:
     It serves minibatches, the weight-space score of the tempered posterior, the particles'
     functions at the measurement set (:class:`Functions`), their function-space score
     (likelihood plus the functional prior's score, SSGE-estimated or exact) and the prior's
-    function draws; the seeds ``seeds[0:3]`` drive the minibatches, the measurement draws and
-    the prior draws.
+    function draws. ``batch_seed`` seeds the minibatches (:attr:`batches`, whose position the
+    driver checkpoints); the measurement and prior draws come from the :class:`FunctionStreams`
+    passed to :meth:`functions` and :meth:`function_score` (made by :meth:`streams`).
     """
 
     def __init__(
@@ -116,12 +147,12 @@ class BNNTarget:
         prior_draws: int,
         ssge_eta: float,
         ssge_threshold: float | None,
-        seeds: Sequence[int],
+        batch_seed: int | None,
         function_space: str = "logits",
     ) -> None:
         self.bnn = bnn
         self.num_data = num_data
-        self.batches = Minibatches(x, y, batch_size, seeds[0])
+        self.batches = Minibatches(x, y, batch_size, batch_seed)
         self.full_joint = (
             bnn.log_joint_fn(x, y, num_data, validate=False) if self.batches.full_batch else None
         )
@@ -132,14 +163,21 @@ class BNNTarget:
         self.ssge_eta = ssge_eta
         self.ssge_threshold = ssge_threshold
         self.probs = function_space == "probs"
-        self.generator = torch.Generator().manual_seed(seeds[1])
-        self.prior_stream = PrivateStream(seeds[2], bnn.device)
+        self.device = bnn.device
+        # swaps the state of FunctionStreams.prior into torch's global generator for each draw
+        self._prior_stream = PrivateStream(0, bnn.device)
         temperature = bnn.temperature
         self.lik_factor = 1.0 / temperature
         self.prior_factor = 1.0 / temperature if bnn.tempering == "posterior" else 1.0
 
     def next_batch(self) -> tuple[Tensor, Tensor]:
         return next(self.batches)
+
+    def streams(self, measurement_seed: int, prior_seed: int) -> FunctionStreams:
+        """Fresh random streams of the measurement and prior draws."""
+        prior = PrivateStream(prior_seed, self.device)
+        measurement = torch.Generator().manual_seed(measurement_seed)
+        return FunctionStreams(measurement, prior.cpu, list(prior.cuda))
 
     def _joint(self, batch: tuple[Tensor, Tensor]) -> Callable[[Tensor], Tensor]:
         if self.full_joint is not None:
@@ -158,17 +196,30 @@ class BNNTarget:
         with torch.no_grad():
             return self._joint(batch)(theta)
 
+    def last_batch(self) -> tuple[Tensor, Tensor]:
+        """The minibatch :meth:`next_batch` returned last, read off the stream's position (so
+        also in a run resumed from a checkpoint); the next one if none was drawn yet."""
+        batches = self.batches
+        if batches.full_batch:
+            return batches.x, batches.y
+        where = batches.state()
+        order, position = where["order"], int(where["position"])
+        if order is None:
+            return next(batches)
+        index = order[position - batches.batch_size : position].to(inputs.device_of(batches.x))
+        return inputs.take_rows(batches.x, index), batches.y[index]
+
     # -------------------------------------------------------------- function space
-    def _extra_inputs(self) -> Tensor | None:
+    def _extra_inputs(self, generator: torch.Generator) -> Tensor | None:
         if self.measurement is None:
             return None
         if isinstance(self.measurement, Tensor):
             pool = self.measurement
             if self.measurement_size is None or self.measurement_size >= len(pool):
                 return pool
-            index = torch.randperm(len(pool), generator=self.generator)[: self.measurement_size]
+            index = torch.randperm(len(pool), generator=generator)[: self.measurement_size]
             return pool[index.to(pool.device)]
-        extra = self.measurement(self.generator)
+        extra = self.measurement(generator)
         x = self.batches.x
         if not isinstance(extra, Tensor) or tuple(extra.shape[1:]) != tuple(x.shape[1:]):
             raise ValueError(
@@ -177,9 +228,12 @@ class BNNTarget:
             )
         return extra.to(dtype=x.dtype, device=x.device)
 
-    def functions(self, theta: Tensor, batch: tuple[Tensor, Tensor]) -> Functions:
+    def functions(
+        self, theta: Tensor, batch: tuple[Tensor, Tensor], streams: FunctionStreams
+    ) -> Functions:
+        """The particles' outputs at the minibatch and this step's measurement points."""
         xb = batch[0]
-        extra = self._extra_inputs()
+        extra = self._extra_inputs(streams.measurement)
         x = xb if extra is None else torch.cat([xb, extra])
         with torch.enable_grad():
             leaf = theta.detach().requires_grad_(True)
@@ -191,8 +245,11 @@ class BNNTarget:
         f = self.bnn.forward(theta, x)
         return torch.softmax(f, -1) if self.probs else f
 
-    def function_score(self, fun: Functions, batch: tuple[Tensor, Tensor]) -> Tensor:
-        """Tempered function-space posterior score at the particles, ``(P, N_M * C)``."""
+    def function_score(
+        self, fun: Functions, batch: tuple[Tensor, Tensor], streams: FunctionStreams
+    ) -> Tensor:
+        """Tempered function-space posterior score at the particles, ``(P, N_M * C)``; an
+        SSGE prior score draws from ``streams.prior``."""
         yb = batch[1]
         with torch.enable_grad():
             fb = fun.f.detach()[:, : fun.batch_size].requires_grad_(True)
@@ -205,9 +262,9 @@ class BNNTarget:
         scale = self.num_data / fun.batch_size * self.lik_factor
         score = torch.zeros_like(fun.f)
         score[:, : fun.batch_size] = lik_score * scale
-        return score.flatten(1) + self.prior_factor * self._prior_score(fun)
+        return score.flatten(1) + self.prior_factor * self._prior_score(fun, streams)
 
-    def _prior_score(self, fun: Functions) -> Tensor:
+    def _prior_score(self, fun: Functions, streams: FunctionStreams) -> Tensor:
         if callable(self.prior_score):
             score = self.prior_score(fun.f.detach(), fun.x)
             if not isinstance(score, Tensor) or score.shape != fun.f.shape:
@@ -216,8 +273,11 @@ class BNNTarget:
                     f"{getattr(score, 'shape', type(score).__name__)}"
                 )
             return score.flatten(1)
-        with self.prior_stream, torch.no_grad():
+        stream = self._prior_stream
+        stream.cpu, stream.cuda = streams.prior, list(streams.prior_cuda)
+        with stream, torch.no_grad():
             draws = self.bnn.sample_prior(self.prior_draws)
+        streams.prior, streams.prior_cuda = stream.cpu, list(stream.cuda)
         with torch.no_grad():
             prior_f = self._outputs(draws, fun.x).flatten(1)
         return ssge_score(prior_f, fun.flat, eta=self.ssge_eta, threshold=self.ssge_threshold)

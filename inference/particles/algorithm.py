@@ -1,0 +1,172 @@
+"""One SVGD run as ``init``/``step`` over an explicit :class:`SVGDState` (:mod:`..driver`).
+
+The :class:`SVGDRun` instance holds what is fixed for the run: the target (model, data,
+minibatch stream), the update direction, the annealing schedule, the compiled step, and one
+optimiser built over a persistent leaf tensor. Everything that changes from step to step is
+in the :class:`SVGDState`: the particles, the optimiser's ``state_dict()``, the moments of an
+update made inside the compiled graph, and every random stream. A State read from a checkpoint
+is bound to the run before its first step (:meth:`SVGDRun.bind`): the particles are copied
+into the leaf and the optimiser loads the state dict, so that the resumed run continues
+exactly as the uninterrupted one. The annealing position is the step index, which the driver
+restores.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from ..driver import Algorithm
+from ..state import state_record
+from .annealing import annealing
+from .compiled import GraphMoments, compiled_step
+from .directions import SteinDirection
+from .targets import BNNTarget, DensityTarget, FunctionStreams
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .svgd import SVGD
+
+__all__ = ["SVGDRun", "SVGDState"]
+
+
+@state_record
+class SVGDState:
+    """The state of an SVGD run.
+
+    Attributes
+    ----------
+    theta
+        The particles ``(P, D)`` (during a run, the optimiser's parameter itself).
+    start
+        The particles before the first step (for the end-of-run checks).
+    optimizer
+        The optimiser's ``state_dict()`` (moments, step counts).
+    moments
+        The optimiser state of an update made inside the compiled graph.
+    noise
+        The generator of the Langevin noise (stochastic SVGD).
+    streams
+        The measurement and prior draws of a function-space score (``None`` without).
+    """
+
+    theta: Tensor
+    start: Tensor
+    optimizer: dict[str, Any]
+    moments: GraphMoments
+    noise: torch.Generator
+    streams: FunctionStreams | None = None
+
+
+class SVGDRun(Algorithm[SVGDState]):
+    """SVGD (any kernel, update and optimiser) as ``init``/``step`` for
+    :func:`~bayesdl.inference.driver.run`.
+
+    Parameters
+    ----------
+    svgd
+        The backend's settings.
+    target
+        The log density, or the BNN and its data.
+    init_theta
+        The initial particles ``(P, D)``.
+    seeds
+        Seeds of the measurement draws, the prior draws and the Langevin noise.
+    """
+
+    def __init__(
+        self,
+        svgd: SVGD,
+        target: DensityTarget | BNNTarget,
+        init_theta: Tensor,
+        seeds: Sequence[int],
+    ) -> None:
+        self.svgd = svgd
+        self.target = target
+        self.seeds = list(seeds)
+        self.leaf = init_theta.detach().clone()
+        try:
+            self.optimizer = svgd.optimizer([self.leaf], lr=svgd.lr, **svgd.optimizer_kwargs)
+        except (TypeError, ValueError) as err:
+            raise TypeError(
+                f"optimizer_kwargs: {svgd.optimizer.__name__} rejected them: {err}"
+            ) from err
+        self.compiled = (
+            compiled_step(svgd, target, self.leaf, self.optimizer) if svgd.compile else None
+        )
+        self.direction = SteinDirection(
+            svgd.kernel, svgd.update, svgd.stochastic, svgd.lr, svgd.ssge_eta
+        )
+        self.schedule = annealing(svgd.anneal, svgd.anneal_steps)
+
+    def stages(self) -> list[tuple[str, int]]:
+        return [("svgd", self.svgd.steps)]
+
+    def init(self) -> SVGDState:
+        theta = self.leaf
+        streams = None
+        if isinstance(self.target, BNNTarget):
+            streams = self.target.streams(self.seeds[0], self.seeds[1])
+        moments = GraphMoments() if self.compiled is None else self.compiled.moments(theta)
+        noise = torch.Generator(device=theta.device).manual_seed(self.seeds[2])
+        return SVGDState(theta, theta.clone(), self.optimizer.state_dict(), moments, noise, streams)
+
+    def bind(self, state: SVGDState) -> SVGDState:
+        """``state`` with its particles in the optimiser's leaf and the optimiser's state
+        loaded from it (a State read from a checkpoint); a bound State as it is."""
+        leaf = self.leaf
+        if state.theta is leaf:
+            return state
+        with torch.no_grad():
+            leaf.copy_(state.theta)
+        state.theta = leaf
+        state.start = state.start.to(device=leaf.device, dtype=leaf.dtype)
+        self.optimizer.load_state_dict(state.optimizer)
+        moments = state.moments
+        for name in ("exp_avg", "exp_avg_sq"):
+            value = getattr(moments, name)
+            if value is not None:
+                setattr(moments, name, value.to(device=leaf.device, dtype=leaf.dtype))
+        return state
+
+    def step(self, state: SVGDState, stage: str, i: int) -> tuple[SVGDState, dict[str, Any]]:
+        state = self.bind(state)
+        theta = state.theta
+        previous = theta.detach().clone()
+        batch = self.target.next_batch()
+        gamma = float(self.schedule(i))
+        if self.compiled is not None:
+            phi, info, finite, step_norm = self.compiled(
+                theta, batch, gamma, state.noise, state.moments
+            )
+        else:
+            phi, info = self.direction(self.target, theta, batch, gamma, state.noise, state.streams)
+            finite = bool(torch.isfinite(phi).all())
+            if finite:
+                theta.grad = -phi
+                self.optimizer.step()
+                finite = bool(torch.isfinite(theta).all())
+            step_norm = float(phi.norm() / math.sqrt(theta.shape[0])) if finite else math.nan
+        if not finite:  # the NaN guard: keep the last finite particles
+            with torch.no_grad():
+                theta.copy_(previous)
+        state.optimizer = self.optimizer.state_dict()
+        postfix = {"h": f"{info['bandwidth']:.3g}", "|phi|": f"{step_norm:.3g}"}
+        if "lp" in info:
+            postfix["lp"] = f"{float(info['lp'].mean()):.4g}"
+        return state, {
+            **info,
+            "theta": theta,
+            "gamma": gamma,
+            "step_norm": step_norm,
+            "finite": finite,
+            "postfix": postfix,
+        }
+
+    def final_lp(self, state: SVGDState) -> Tensor:
+        """The tempered log joint of each final particle on the last minibatch."""
+        state = self.bind(state)
+        return self.target.log_joint(state.theta.detach(), self.target.last_batch())
