@@ -251,12 +251,8 @@ def gradient_cost(bnn: BNN, data, chains: int, repeats: int = 50) -> dict:
     """Median microseconds of one vectorised gradient of log_joint (eager and compiled), and of
     one eager leapfrog step."""
     from bayesdl.inference.compilation import compile_step, skip_guard_checks
-    from bayesdl.inference.mcmc.integrators import (
-        IntegratorState,
-        functional_value_and_grad,
-        leapfrog,
-        value_and_grad,
-    )
+    from bayesdl.inference.gradients import functional_value_and_grad, value_and_grad
+    from bayesdl.inference.mcmc.integrators import IntegratorState, leapfrog
     from bayesdl.inference.mcmc.mass_matrix import Metric
 
     fn = bnn.log_joint_fn(data.x_train, data.y_train)

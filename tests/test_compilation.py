@@ -19,11 +19,8 @@ from torch import nn
 from bayesdl import likelihoods, priors
 from bayesdl.inference import HMC, NUTS, compilation
 from bayesdl.inference.compilation import compile_step, skip_guard_checks
-from bayesdl.inference.mcmc.integrators import (
-    IntegratorState,
-    functional_value_and_grad,
-    value_and_grad,
-)
+from bayesdl.inference.gradients import functional_value_and_grad, value_and_grad
+from bayesdl.inference.mcmc.integrators import IntegratorState
 from bayesdl.inference.mcmc.mass_matrix import Metric
 from bayesdl.inference.mcmc.trajectory import hmc_step, hmc_transition, nuts_leaves, nuts_transition
 from bayesdl.inference.rng import ChainRNG
@@ -266,3 +263,46 @@ def test_compiled_nuts_recovers_the_linear_regression_posterior(mass, seed):
         problem.bnn, problem.x, problem.y, seed=seed, progress=False
     )
     check_gaussian_draws(post.theta, problem.mean, problem.precision, z_max=4.0)
+
+
+def _stop_after(step: int):
+    """A callback that presses Ctrl-C (raises ``KeyboardInterrupt``) after event ``step``."""
+    events = []
+
+    def callback(event) -> None:
+        events.append(event)
+        if len(events) - 1 == step:
+            raise KeyboardInterrupt
+
+    return callback
+
+
+@needs_compiler
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # no fallback to eager
+def test_compiled_nuts_resumed_after_ctrl_c_equals_the_uninterrupted_run(tmp_path):
+    """Stopped inside the open mass-matrix window (warmup 25: window [3, 23)), a compiled run
+    resumed from its checkpoint continues with the same streams, adaptation and metric: the
+    draws and statistics are those of the run never stopped, bit for bit."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(2, 4), nn.Tanh(), nn.Linear(4, 1))
+    bnn = BNN(net, priors.Gaussian(1.0), likelihoods.Gaussian(scale=0.3))
+    x = torch.randn(20, 2, generator=torch.Generator().manual_seed(1))
+    y = torch.sin(x[:, 0])
+
+    def nuts() -> NUTS:
+        return NUTS(chains=2, warmup=25, draws=6, max_tree_depth=4, compile=True)
+
+    reference = nuts().fit(bnn, x, y, seed=0, progress=False)
+    path = tmp_path / "nuts.ckpt"
+    with pytest.warns(RuntimeWarning, match="interrupted during"):
+        partial = nuts().fit(
+            bnn, x, y, seed=0, progress=False, checkpoint=path, callbacks=_stop_after(12)
+        )
+    assert partial.partial and partial.theta.shape[1] == 0
+    resumed = nuts().fit(bnn, x, y, seed=1, progress=False, resume=path)  # the file's streams
+    assert not resumed.partial
+    assert torch.equal(resumed.theta, reference.theta)
+    assert set(resumed.sample_stats) == set(reference.sample_stats)
+    for name, value in reference.sample_stats.items():
+        assert torch.equal(resumed.sample_stats[name], value), name
+    assert resumed.attrs == reference.attrs

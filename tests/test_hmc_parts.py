@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from bayesdl.inference import HMC, NUTS
+from bayesdl.inference.gradients import value_and_grad
 from bayesdl.inference.mcmc.adaptation import DualAveraging, Welford, find_step_size, mass_windows
-from bayesdl.inference.mcmc.integrators import IntegratorState, leapfrog, value_and_grad
+from bayesdl.inference.mcmc.integrators import IntegratorState, leapfrog
 from bayesdl.inference.mcmc.mass_matrix import Metric
 from bayesdl.inference.rng import ChainRNG
 
@@ -30,7 +31,7 @@ def test_mass_windows_follow_stans_schedule():
 
 def test_dual_averaging_finds_the_step_size_of_a_known_acceptance_curve():
     # acceptance exp(-eps^2) per chain: the target 0.8 is met at eps* = sqrt(-log 0.8)
-    adapter = DualAveraging(torch.tensor([0.01, 5.0]), target=0.8)
+    adapter = DualAveraging.start(torch.tensor([0.01, 5.0]), target=0.8)
     eps = torch.tensor([0.01, 5.0], dtype=torch.float64)
     for _ in range(2000):
         eps = adapter.update(torch.exp(-(eps**2)))
@@ -45,7 +46,7 @@ def test_dual_averaging_finds_the_step_size_of_a_known_acceptance_curve():
 @pytest.mark.parametrize("dense", [False, True])
 def test_welford_matches_the_sample_covariance(dense):
     x = torch.randn(50, 3, 4, dtype=torch.float64)
-    w = Welford(3, 4, dense, x)
+    w = Welford.zeros(3, 4, dense, x)
     for row in x:
         w.update(row)
     n = 50

@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from bayesdl.inference import HMC, NUTS, ConvergenceWarning, DensityErrorWarning
-from bayesdl.inference.mcmc.integrators import value_and_grad
+from bayesdl.inference.gradients import value_and_grad
 from bayesdl.inference.mcmc.robust import RobustLogDensity, is_density_error, start_values
 
 BOUND = 1.0

@@ -22,30 +22,72 @@ r"""Warmup adaptation as Stan does it, for every chain separately but as one bat
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
+from ..gradients import LogDensityAndGrad
 from ..rng import ChainRNG
-from .integrators import IntegratorState, LogDensityAndGrad, leapfrog
+from ..state import state_record
+from .integrators import IntegratorState, leapfrog
 from .mass_matrix import Metric
 
-__all__ = ["DualAveraging", "Welford", "find_step_size", "mass_windows"]
+__all__ = [
+    "Adaptation",
+    "DualAveraging",
+    "Warmup",
+    "Welford",
+    "find_step_size",
+    "mass_windows",
+]
 
 
+@state_record
 class DualAveraging:
-    """Per-chain dual averaging of the log step size towards ``target`` acceptance."""
+    """Per-chain dual averaging of the log step size towards ``target`` acceptance: a state
+    record (start one with :meth:`start`).
 
-    def __init__(
-        self,
+    Attributes
+    ----------
+    target
+        The target acceptance statistic :math:`\\delta`.
+    mu
+        ``(C,)`` float64, :math:`\\mu = \\log(10\\,\\epsilon_0)`.
+    log_step, log_step_avg
+        ``(C,)`` float64, :math:`\\log\\epsilon_t` and :math:`\\log\\bar\\epsilon_t`.
+    h_avg
+        ``(C,)`` float64, :math:`\\bar H_t`.
+    t
+        Transitions fed since the last (re)start.
+    gamma, t0, kappa
+        The constants of the module docstring.
+    """
+
+    target: float
+    mu: Tensor
+    log_step: Tensor
+    log_step_avg: Tensor
+    h_avg: Tensor
+    t: int = 0
+    gamma: float = 0.05
+    t0: float = 10.0
+    kappa: float = 0.75
+
+    @classmethod
+    def start(
+        cls,
         step_size: Tensor,
         target: float,
         gamma: float = 0.05,
         t0: float = 10.0,
         kappa: float = 0.75,
-    ) -> None:
-        self.target, self.gamma, self.t0, self.kappa = target, gamma, t0, kappa
-        self.restart(step_size)
+    ) -> DualAveraging:
+        """Dual averaging around ``step_size`` ``(C,)``."""
+        zeros = torch.zeros_like(step_size, dtype=torch.float64)
+        adapter = cls(target, zeros, zeros, zeros, zeros, 0, gamma, t0, kappa)
+        adapter.restart(step_size)
+        return adapter
 
     def restart(self, step_size: Tensor) -> None:
         """Start again around ``step_size`` (after a mass-matrix update)."""
@@ -73,15 +115,34 @@ class DualAveraging:
         return self.log_step_avg.exp()
 
 
+@state_record
 class Welford:
-    """Running mean and (co)variance of every chain's positions."""
+    """Running mean and (co)variance of every chain's positions: a state record (start one
+    with :meth:`zeros`).
 
-    def __init__(self, chains: int, dim: int, dense: bool, like: Tensor) -> None:
+    Attributes
+    ----------
+    dense
+        Whether ``m2`` holds full ``(C, D, D)`` sums of products or ``(C, D)`` squares.
+    n
+        Positions seen.
+    mean
+        ``(C, D)`` float64 running mean.
+    m2
+        Float64 sums of (cross-)products of deviations from the mean.
+    """
+
+    dense: bool
+    n: int
+    mean: Tensor
+    m2: Tensor
+
+    @classmethod
+    def zeros(cls, chains: int, dim: int, dense: bool, like: Tensor) -> Welford:
+        """No position seen yet, on the device of ``like``."""
         kw = {"dtype": torch.float64, "device": like.device}
-        self.dense = dense
-        self.n = 0
-        self.mean = torch.zeros(chains, dim, **kw)
-        self.m2 = torch.zeros(chains, dim, dim, **kw) if dense else torch.zeros(chains, dim, **kw)
+        m2 = torch.zeros(chains, dim, dim, **kw) if dense else torch.zeros(chains, dim, **kw)
+        return cls(dense, 0, torch.zeros(chains, dim, **kw), m2)
 
     def update(self, x: Tensor) -> None:
         x = x.double()
@@ -167,3 +228,81 @@ def find_step_size(
         eps = candidate
         active = active & (direction * log_a > direction * math.log(0.5))
     return eps.clamp(min=1e-10, max=1e3).to(state.position.dtype)
+
+
+@state_record
+class Adaptation:
+    """What the warmup adapts with, carried from transition to transition: a state record.
+
+    Attributes
+    ----------
+    dual_averaging
+        The step-size adaptation.
+    welford
+        The (co)variance estimate of the open mass-matrix window (``None`` between windows).
+    """
+
+    dual_averaging: DualAveraging
+    welford: Welford | None = None
+
+
+class Warmup:
+    """Stan's warmup for one run, as ``init``/``update`` over an :class:`Adaptation` record.
+
+    Holds only what is fixed for the run (length, target, the windows of
+    :func:`mass_windows`); everything that changes is in the record.
+
+    Parameters
+    ----------
+    warmup
+        Number of warmup transitions.
+    target_accept
+        Target acceptance statistic of the dual averaging.
+    dense
+        Adapt dense (``(C, D, D)``) rather than diagonal mass matrices.
+    """
+
+    def __init__(self, warmup: int, target_accept: float, dense: bool) -> None:
+        self.warmup, self.target_accept, self.dense = warmup, target_accept, dense
+        windows = mass_windows(warmup)
+        self.starts = {start for start, _ in windows}
+        self.ends = {end for _, end in windows}
+
+    def init(self, step_size: Tensor) -> Adaptation:
+        """The adaptation before the first transition, around ``step_size`` ``(C,)``."""
+        return Adaptation(DualAveraging.start(step_size, self.target_accept))
+
+    def update(
+        self,
+        adaptation: Adaptation,
+        i: int,
+        state: IntegratorState,
+        accept_prob: Tensor,
+        metric: Metric,
+        retune: Callable[[Tensor, Metric], Tensor],
+    ) -> tuple[Tensor, Metric]:
+        """After warmup transition ``i`` (0-based) to ``state``: the step sizes and metric of
+        the next transition; ``adaptation`` is updated in place.
+
+        The dual averaging takes the transition's acceptance statistics; inside a window the
+        position joins the (co)variance estimate. At the end of a window the metric becomes its
+        regularised estimate, ``retune(step_size, metric)`` finds a step size for it
+        (:func:`find_step_size`) and the dual averaging restarts there. After the last warmup
+        transition the step size is the averaged :math:`\\bar\\epsilon`.
+        """
+        dtype = state.position.dtype
+        dual = adaptation.dual_averaging
+        step_size = dual.update(accept_prob).to(dtype)
+        if i in self.starts:
+            chains, dim = state.position.shape
+            adaptation.welford = Welford.zeros(chains, dim, self.dense, state.position)
+        if adaptation.welford is not None:
+            adaptation.welford.update(state.position)
+        if i + 1 in self.ends and adaptation.welford is not None:
+            metric = Metric(adaptation.welford.regularized().to(dtype))
+            adaptation.welford = None
+            step_size = retune(step_size, metric)
+            dual.restart(step_size)
+        if i + 1 == self.warmup:
+            step_size = dual.final_step_size.to(dtype)
+        return step_size, metric

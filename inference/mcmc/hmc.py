@@ -12,6 +12,7 @@ Two engines run the same declaration:
 from __future__ import annotations
 
 import math
+import os
 from abc import abstractmethod
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -23,9 +24,9 @@ from torch import Tensor
 
 from bayesdl._checks import check_count, check_positive, check_probability
 
-from ..base import Backend, Callback, as_callbacks
-from ..checks import check_bnn, check_start
+from ..base import Backend, Callback
 from ..compilation import compile_step
+from ..driver import Problem, RunControl, Seeds, check_init_theta, identity_of, prepare
 from ..health import (
     DensityErrorWarning,
     density_problems,
@@ -35,7 +36,7 @@ from ..health import (
 )
 from .pyro_engine import run_pyro_mcmc
 from .robust import robust_step, start_values
-from .run import Transition, run_mcmc
+from .run import MCMCAlgorithm, Transition, run_mcmc
 from .trajectory import hmc_step, hmc_transition
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -159,9 +160,12 @@ class HamiltonianBackend(Backend):
         *,
         seed: int | Sequence[int] | None = None,
         progress: bool = True,
-        callbacks: Sequence[Callback] = (),
+        callbacks: Callback | Sequence[Callback] = (),
         init_theta: Tensor | None = None,
         num_data: int | None = None,
+        checkpoint: str | os.PathLike | None = None,
+        checkpoint_every: int | None = None,
+        resume: str | os.PathLike | None = None,
     ) -> Posterior:
         """Sample the posterior of ``bnn`` given ``(x, y)``.
 
@@ -181,68 +185,100 @@ class HamiltonianBackend(Backend):
             Initial unconstrained parameters ``(chains, D)``; default: draws from the prior.
         num_data
             Size of the full data set if ``(x, y)`` is a subsample (scales the likelihood).
+        checkpoint, checkpoint_every, resume
+            Write the run's state to ``checkpoint`` every ``checkpoint_every`` iterations and
+            when it stops; continue a run from such a file with ``resume`` (the result equals
+            the uninterrupted run's, bit for bit; see :mod:`bayesdl.inference.driver`). The
+            bayesdl engine only: with ``engine="pyro"`` they are a ``ValueError``, because
+            Pyro's kernels keep their state (adaptation, random state) inside Pyro objects
+            that cannot be written to a checkpoint.
 
         Returns
         -------
         Posterior
             ``(chains, draws, D)`` draws with ``sample_stats``; marked partial after Ctrl-C.
         """
-        bnn = check_bnn(bnn)
-        x, y = bnn.check_data(x, y)
-        callbacks = as_callbacks(callbacks)
-        init_theta = self._init(
-            init_theta, bnn.num_params, lambda: bnn.init_theta(self.chains, _base_seed(seed))
+        if self.engine == "pyro" and (checkpoint is not None or resume is not None):
+            raise ValueError(
+                "checkpoint: engine='pyro' cannot write or resume checkpoints (Pyro's kernels "
+                "keep their state inside Pyro objects); use engine='bayesdl'"
+            )
+        control = RunControl.of(progress, callbacks, checkpoint, checkpoint_every, resume)
+        problem = prepare(
+            bnn, x, y, chains=self.chains, seed=seed, init_theta=init_theta, num_data=num_data
         )
-        init_theta = init_theta.to(dtype=bnn.dtype, device=bnn.device)
-        check_start(bnn, init_theta, x, y)
-        probe = probe_inputs(x)
-        posterior = self._run_on_bnn(
-            bnn, x, y, init_theta, seed, progress, callbacks, num_data, probe
-        )
+        probe = probe_inputs(problem.x)
+        if self.engine == "pyro":
+            posterior = self._run_pyro(problem, control, probe)
+        else:
+            algorithm = self._algorithm(
+                bnn.log_joint_fn(problem.x, problem.y, problem.num_data),
+                problem.init_theta,
+                problem.seeds,
+                for_bnn=True,
+                bnn=problem.bnn,
+                probe=probe if control.progress else None,
+            )
+            posterior = run_mcmc(
+                algorithm,
+                control,
+                desc=self._desc(),
+                identity=identity_of(self, problem),
+                bnn=problem.bnn,
+                attrs=self._attrs(),
+            )
         warn_all(mcmc_problems(posterior, **self._caps(True), probe=probe))
         warn_all(density_problems(posterior), category=DensityErrorWarning)
         return posterior
 
-    def _run_on_bnn(
+    def _algorithm(
         self,
-        bnn: BNN,
-        x: Tensor,
-        y: Tensor,
+        log_density: Callable[[Tensor], Tensor],
         init_theta: Tensor,
-        seed: int | Sequence[int] | None,
-        progress: bool,
-        callbacks: tuple[Callback, ...],
-        num_data: int | None,
-        probe: Inputs,
-    ) -> Posterior:
-        """The run of :meth:`fit` on either engine, after the checks."""
-        shared = {
-            "warmup": self.warmup,
-            "draws": self.draws,
-            "seed": seed,
-            "progress": progress,
-            "callbacks": callbacks,
-            "desc": self._desc(),
-            "attrs": self._attrs(),
-            "max_tree_depth": self._caps(True)["max_tree_depth"],
-            "probe": probe if progress else None,
-        }
-        if self.engine == "pyro":
-            if seed is not None and not isinstance(seed, int):
-                raise ValueError("seed: the pyro engine takes one integer seed")
-            return run_pyro_mcmc(
-                self._pyro_kernel, bnn, x, y, init_theta, num_data=num_data, **shared
-            )
-        return run_mcmc(
-            self._transition(for_bnn=True),
-            bnn.log_joint_fn(x, y, num_data),
+        seeds: Seeds,
+        *,
+        for_bnn: bool,
+        bnn: BNN | None = None,
+        probe: Inputs | None = None,
+    ) -> MCMCAlgorithm:
+        """The bayesdl engine's algorithm for these settings."""
+        return MCMCAlgorithm(
+            self._transition(for_bnn),
+            log_density,
             init_theta,
+            seeds,
+            warmup=self.warmup,
+            draws=self.draws,
             target_accept=self.target_accept,
             dense_mass=self.mass == "dense",
             step_size=self.step_size,
             compile=self.compile,
+            max_tree_depth=self._caps(for_bnn)["max_tree_depth"],
             bnn=bnn,
-            **shared,
+            probe=probe,
+        )
+
+    def _run_pyro(self, problem: Problem, control: RunControl, probe: Inputs) -> Posterior:
+        """The run of :meth:`fit` on Pyro's kernels (no checkpoints)."""
+        seed = problem.seeds.seed
+        if isinstance(seed, tuple):
+            raise ValueError("seed: the pyro engine takes one integer seed")
+        return run_pyro_mcmc(
+            self._pyro_kernel,
+            problem.bnn,
+            problem.x,
+            problem.y,
+            problem.init_theta,
+            warmup=self.warmup,
+            draws=self.draws,
+            num_data=problem.num_data,
+            seed=seed,
+            progress=control.progress,
+            callbacks=control.callbacks,
+            desc=self._desc(),
+            attrs=self._attrs(),
+            max_tree_depth=self._caps(True)["max_tree_depth"],
+            probe=probe if control.progress else None,
         )
 
     def sample(
@@ -252,7 +288,10 @@ class HamiltonianBackend(Backend):
         *,
         seed: int | Sequence[int] | None = None,
         progress: bool = True,
-        callbacks: Sequence[Callback] = (),
+        callbacks: Callback | Sequence[Callback] = (),
+        checkpoint: str | os.PathLike | None = None,
+        checkpoint_every: int | None = None,
+        resume: str | os.PathLike | None = None,
     ) -> Posterior:
         """Sample any log density with the bayesdl engine (like Pyro's ``potential_fn``).
 
@@ -263,6 +302,12 @@ class HamiltonianBackend(Backend):
             independent chains.
         init_theta
             Initial values ``(chains, D)``.
+        seed, progress, callbacks
+            As for :meth:`fit`.
+        checkpoint, checkpoint_every, resume
+            As for :meth:`fit`. A log density cannot be fingerprinted: ``resume`` checks only
+            that the file was written by a backend with these settings and an ``init_theta``
+            of this shape, so resume with the same log density yourself.
 
         Returns
         -------
@@ -281,6 +326,7 @@ class HamiltonianBackend(Backend):
             raise ValueError(
                 "engine: sample() runs on the bayesdl engine; Pyro's runs on bnn.model"
             )
+        control = RunControl.of(progress, callbacks, checkpoint, checkpoint_every, resume)
         if not callable(log_density):
             raise TypeError(f"log_density: expected a callable, got {type(log_density).__name__}")
         if not isinstance(init_theta, Tensor) or init_theta.dim() != 2:
@@ -288,9 +334,8 @@ class HamiltonianBackend(Backend):
                 f"init_theta: expected a tensor of shape (chains, D), got "
                 f"{getattr(init_theta, 'shape', type(init_theta).__name__)}"
             )
-        init_theta = self._init(init_theta, init_theta.shape[1], None)
-        if not init_theta.is_floating_point():
-            raise TypeError(f"init_theta: expected a floating tensor, got {init_theta.dtype}")
+        init_theta = check_init_theta(init_theta, self.chains, init_theta.shape[1])
+        seeds = Seeds.of(seed, self.chains)
         with torch.no_grad():
             probe = start_values(log_density, init_theta)
         if not isinstance(probe, Tensor) or tuple(probe.shape) != (init_theta.shape[0],):
@@ -299,44 +344,15 @@ class HamiltonianBackend(Backend):
                 f"{getattr(probe, 'shape', type(probe).__name__)} for P={init_theta.shape[0]}"
             )
         posterior = run_mcmc(
-            self._transition(for_bnn=False),
-            log_density,
-            init_theta,
-            warmup=self.warmup,
-            draws=self.draws,
-            target_accept=self.target_accept,
-            dense_mass=self.mass == "dense",
-            step_size=self.step_size,
-            compile=self.compile,
-            seed=seed,
-            progress=progress,
-            callbacks=as_callbacks(callbacks),
+            self._algorithm(log_density, init_theta, seeds, for_bnn=False),
+            control,
             desc=self._desc(),
+            identity={"backend": repr(self), "init_theta": list(init_theta.shape)},
             attrs=self._attrs(),
-            max_tree_depth=self._caps(False)["max_tree_depth"],
         )
         warn_all(mcmc_problems(posterior, **self._caps(False)))
         warn_all(density_problems(posterior), category=DensityErrorWarning)
         return posterior
-
-    def _init(
-        self, init_theta: Tensor | None, dim: int, default: Callable[[], Tensor] | None
-    ) -> Tensor:
-        if init_theta is None:
-            return default()
-        if not isinstance(init_theta, Tensor) or tuple(init_theta.shape) != (self.chains, dim):
-            raise ValueError(
-                f"init_theta: expected a tensor of shape ({self.chains}, {dim}), got "
-                f"{getattr(init_theta, 'shape', type(init_theta).__name__)}"
-            )
-        return init_theta
-
-
-def _base_seed(seed: int | Sequence[int] | None) -> int | None:
-    """The seed of the initial values: the seed itself, or the first per-chain seed."""
-    if seed is None or isinstance(seed, int):
-        return seed
-    return int(next(iter(seed)))
 
 
 class HMC(HamiltonianBackend):

@@ -13,73 +13,37 @@ energy error :math:`H(\theta', p') - H(\theta, p)`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from ..gradients import LogDensityAndGrad
+from ..state import state_record
 from .mass_matrix import Metric
 
-__all__ = [
-    "IntegratorState",
-    "LogDensityAndGrad",
-    "functional_value_and_grad",
-    "leapfrog",
-    "value_and_grad",
-    "where",
-]
-
-#: ``theta (C, D) -> (log density (C,), gradient (C, D))``: the log density itself, not
-#: Pyro's, NumPyro's or BlackJAX's potential energy (its negative).
-LogDensityAndGrad = Callable[[Tensor], tuple[Tensor, Tensor]]
+__all__ = ["IntegratorState", "leapfrog", "where"]
 
 
+@state_record
 @dataclass(frozen=True)
 class IntegratorState:
-    """Position, momentum, log density and its gradient of every chain."""
+    """Position, momentum, log density and its gradient of every chain: a state record.
+
+    Attributes
+    ----------
+    position, momentum
+        ``(C, D)``.
+    log_density
+        ``(C,)``, :math:`\\log\\pi` at ``position``.
+    grad
+        ``(C, D)``, its gradient.
+    """
 
     position: Tensor
     momentum: Tensor
     log_density: Tensor
     grad: Tensor
-
-
-def value_and_grad(log_density: Callable[[Tensor], Tensor]) -> LogDensityAndGrad:
-    """Wrap ``theta (C, D) -> (C,)`` into a function returning the value and its gradient.
-
-    The vector-Jacobian product with ones (the gradient of the sum) is the per-chain
-    gradient, because chains are independent.
-    """
-
-    def log_density_and_grad(theta: Tensor) -> tuple[Tensor, Tensor]:
-        with torch.enable_grad():
-            theta = theta.detach().requires_grad_(True)
-            value = log_density(theta)
-            (grad,) = torch.autograd.grad(value, theta, torch.ones_like(value))
-        return value.detach(), grad
-
-    return log_density_and_grad
-
-
-def functional_value_and_grad(log_density: Callable[[Tensor], Tensor]) -> LogDensityAndGrad:
-    """As :func:`value_and_grad`, through :func:`torch.func.grad_and_value`.
-
-    Slower than autograd when run eagerly, but :func:`torch.compile` captures it whole (with
-    the backward pass), which it cannot do for ``torch.autograd.grad``; for compiled steps.
-    """
-
-    def summed(theta: Tensor) -> tuple[Tensor, Tensor]:
-        value = log_density(theta)
-        return value.sum(), value
-
-    grad_and_value = torch.func.grad_and_value(summed, has_aux=True)
-
-    def log_density_and_grad(theta: Tensor) -> tuple[Tensor, Tensor]:
-        grad, (_, value) = grad_and_value(theta)
-        return value, grad
-
-    return log_density_and_grad
 
 
 def leapfrog(

@@ -16,17 +16,23 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from ..state import state_record
+
 __all__ = ["Metric"]
 
 
+@state_record
 @dataclass(frozen=True)
 class Metric:
-    """Per-chain Euclidean metric.
+    """Per-chain Euclidean metric: a state record (the warmup adapts it).
 
     Parameters
     ----------
     inverse_mass
         ``(C, D)`` diagonal or ``(C, D, D)`` dense inverse mass matrices.
+    _cholesky
+        Dense only: the lower Cholesky factor of ``inverse_mass``, computed when not given
+        (a checkpoint stores it, so a resumed run uses the same factor, bit for bit).
     """
 
     inverse_mass: Tensor

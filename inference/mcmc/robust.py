@@ -46,10 +46,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .integrators import LogDensityAndGrad
+from ..gradients import LogDensityAndGrad
+from ..state import state_record
 
 __all__ = [
     "DENSITY_ERRORS",
+    "DensityMemory",
     "RobustLogDensity",
     "describe",
     "failing_rows",
@@ -124,6 +126,26 @@ def start_values(fn: Callable[[Tensor], Any], theta: Tensor) -> Any:
         ) from failed[chains[0]]
 
 
+@state_record
+class DensityMemory:
+    """What a :class:`RobustLogDensity` carries from one transition to the next: a state
+    record (:meth:`RobustLogDensity.memory`, :meth:`RobustLogDensity.recall`).
+
+    Attributes
+    ----------
+    first_error
+        The first density error raised, as :func:`describe` writes it (``None`` if none).
+    failed, failed_rows
+        The positions ``(C, D)`` of the last evaluation and which rows ``(C,)`` of it raised
+        (``None`` when none did): they are skipped if evaluated again, and a compiled step
+        runs eagerly while they are remembered (:func:`robust_step`).
+    """
+
+    first_error: str | None = None
+    failed: Tensor | None = None
+    failed_rows: Tensor | None = None
+
+
 class RobustLogDensity:
     """``theta (C, D) -> (log density (C,), gradient (C, D))`` where a chain whose evaluation
     raises gets ``-inf`` and a zero gradient (see the module docstring).
@@ -155,6 +177,15 @@ class RobustLogDensity:
     def remembers_failure(self) -> bool:
         """Whether some chain raised at the last evaluation (its position is remembered)."""
         return self._failed is not None
+
+    def memory(self) -> DensityMemory:
+        """What this log density remembers (the failures), as a state record."""
+        return DensityMemory(self.first_error, self._failed, self._failed_rows)
+
+    def recall(self, memory: DensityMemory) -> None:
+        """Remember what ``memory`` holds (as when it was taken by :meth:`memory`)."""
+        self.first_error = memory.first_error
+        self._failed, self._failed_rows = memory.failed, memory.failed_rows
 
     def take_raised(self) -> Tensor:
         """``(C,)`` evaluations that raised, per chain, since the last call; resets them."""

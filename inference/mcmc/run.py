@@ -1,22 +1,27 @@
-"""The MCMC runner of the bayesdl engine: warmup with adaptation, then sampling, chains batched.
+"""The MCMC algorithm of the bayesdl engine: warmup with adaptation, then sampling, chains batched.
 
-:func:`run_mcmc` takes a transition (NUTS or HMC, from :mod:`.trajectory`), a log density
-over ``theta (C, D)`` and initial values, and runs it on the shared
-:class:`~bayesdl.inference.base.Driver` (progress bar, callbacks, Ctrl-C, NaN guard). Warmup adapts
-a per-chain step size by dual averaging and per-chain mass matrices in Stan's windows
-(:mod:`.adaptation`); the warmup draws are discarded. The result is a :class:`~bayesdl.Posterior`
-whose ``sample_stats`` use ArviZ's names: ``lp``, ``acceptance_rate``, ``step_size``,
-``tree_depth``, ``n_steps``, ``diverging``, ``energy``; and ``density_raised``, the number of
-evaluations of the log density that raised in each transition of each chain (:mod:`.robust`: each
-made that transition divergent; with ``compile=True`` the count also includes leaves computed past
-the end of a subtree, two leaves per call, which are discarded). The same count over the warmup is
+:class:`MCMCAlgorithm` takes a transition (NUTS or HMC, from :mod:`.trajectory`), a log
+density over ``theta (C, D)`` and initial values, and is run by the one driver
+(:func:`~bayesdl.inference.driver.run`: progress bar, callbacks, Ctrl-C, NaN guard,
+checkpoints and resume) through :func:`run_mcmc`. Everything that changes from transition to
+transition is in its :class:`MCMCState` record, so a run resumed from a checkpoint gives the
+draws of the run that was never stopped, bit for bit.
+
+Warmup adapts a per-chain step size by dual averaging and per-chain mass matrices in Stan's
+windows (:mod:`.adaptation`); the warmup draws are discarded. The result is a
+:class:`~bayesdl.Posterior` whose ``sample_stats`` use ArviZ's names: ``lp``,
+``acceptance_rate``, ``step_size``, ``tree_depth``, ``n_steps``, ``diverging``, ``energy``;
+and ``density_raised``, the number of evaluations of the log density that raised in each
+transition of each chain (:mod:`.robust`: each made that transition divergent; with
+``compile=True`` the count also includes leaves computed past the end of a subtree, two leaves
+per call, which are discarded). The same count over the warmup is
 ``attrs["density_raised_warmup"]``, and the first such error ``attrs["density_error"]``.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -24,178 +29,270 @@ from torch import Tensor
 
 from bayesdl.posterior import Posterior
 
-from ..base import Callback, Driver, finish
+from ..base import finish
 from ..compilation import skip_guard_checks
+from ..driver import Algorithm, RunControl, Seeds, run
+from ..gradients import functional_value_and_grad, value_and_grad
 from ..health import ProgressMonitor
 from ..rng import ChainRNG
-from .adaptation import DualAveraging, Welford, find_step_size, mass_windows
-from .integrators import IntegratorState, functional_value_and_grad, value_and_grad
+from ..state import state_record
+from .adaptation import Adaptation, Warmup, find_step_size
+from .integrators import IntegratorState
 from .mass_matrix import Metric
-from .robust import RobustLogDensity, start_values
+from .robust import DensityMemory, RobustLogDensity, start_values
 from .trajectory import TransitionInfo
 
 if TYPE_CHECKING:  # pragma: no cover
     from bayesdl.inputs import Inputs
     from bayesdl.models import BNN
 
-__all__ = ["Transition", "run_mcmc"]
+__all__ = ["MCMCAlgorithm", "MCMCState", "Transition", "run_mcmc"]
 
 #: ``(state, step_size, metric, log_density_and_grad, rng) -> (state, info)``.
 Transition = Callable[..., tuple[IntegratorState, TransitionInfo]]
 
-_STATS = (
-    "lp",
-    "acceptance_rate",
-    "step_size",
-    "tree_depth",
-    "n_steps",
-    "diverging",
-    "energy",
-    "density_raised",
-)
+
+@state_record
+class MCMCState:
+    """The state of a run of :class:`MCMCAlgorithm` between two transitions.
+
+    Attributes
+    ----------
+    integrator
+        Every chain's position, log density and gradient (momentum zero: each transition
+        draws a new one).
+    step_size
+        ``(C,)`` step sizes of the next transition.
+    metric
+        The per-chain mass matrices (:class:`~.mass_matrix.Metric`).
+    adaptation
+        Dual averaging and the open mass-matrix window's estimate (used while warming up).
+    rng
+        Each chain's random stream.
+    density
+        What each :class:`~.robust.RobustLogDensity` of the run remembers (one, or two with
+        ``compile=True``: the eager one and the compiled step's): the first error raised and
+        the last failed positions.
+    raised_warmup
+        ``(C,)`` evaluations of the log density that raised during the warmup.
+    divergences
+        Divergent transitions while sampling, over all chains (for the progress bar).
+    """
+
+    integrator: IntegratorState
+    step_size: Tensor
+    metric: Metric
+    adaptation: Adaptation
+    rng: ChainRNG
+    density: list[DensityMemory]
+    raised_warmup: Tensor
+    divergences: int = 0
 
 
-def run_mcmc(
-    transition: Transition,
-    log_density: Callable[[Tensor], Tensor],
-    init_theta: Tensor,
-    *,
-    warmup: int,
-    draws: int,
-    target_accept: float,
-    dense_mass: bool,
-    step_size: float | None,
-    compile: bool = False,
-    seed: int | Sequence[int] | None,
-    progress: bool,
-    callbacks: Sequence[Callback],
-    desc: str,
-    bnn: BNN | None = None,
-    attrs: dict[str, Any] | None = None,
-    max_tree_depth: int | None = None,
-    probe: Inputs | None = None,
-) -> Posterior:
-    """Run ``len(init_theta)`` chains of ``transition`` in lockstep; see the module docstring.
+class MCMCAlgorithm(Algorithm[MCMCState]):
+    """``len(init_theta)`` chains of ``transition`` in lockstep: warmup, then sampling.
 
     Parameters
     ----------
+    transition
+        One NUTS or HMC transition of every chain (:data:`Transition`).
+    log_density
+        ``theta (C, D) -> (C,)``.
+    init_theta
+        Initial values ``(C, D)``; the log density must be finite there.
+    seeds
+        The run's seeds (each chain's random stream: :meth:`~..driver.Seeds.chain_rng`).
+    warmup, draws
+        Number of warmup transitions (discarded) and of kept draws.
+    target_accept, dense_mass
+        The warmup's adaptation (:class:`~.adaptation.Warmup`).
     step_size
         Initial step size; ``None`` finds one with Hoffman & Gelman's heuristic. With
         ``warmup=0`` it is used as is (no adaptation).
     compile
         The transition runs a compiled step (:mod:`bayesdl.inference.compilation`); its
         gradient is then taken with :func:`torch.func`
-        (:func:`.integrators.functional_value_and_grad`). Either way the transition gets a
-        :class:`~.robust.RobustLogDensity`.
-    seed
-        One base seed, or one seed per chain (``ChainRNG.from_seed``).
-    max_tree_depth, probe
+        (:func:`~bayesdl.inference.gradients.functional_value_and_grad`). Either way the
+        transition gets a :class:`~.robust.RobustLogDensity`.
+    max_tree_depth, bnn, probe
         For the progress bar (:class:`~bayesdl.inference.health.ProgressMonitor`): the share
         of iterations at the depth cap, and the function-space R-hat at the probe inputs (with
-        ``bnn``).
+        ``bnn``). Display only: rebuilt on resume, it never changes the draws.
     """
-    chains, dim = init_theta.shape
-    dtype, device = init_theta.dtype, init_theta.device
-    density = RobustLogDensity(value_and_grad(log_density), chains)
-    step_density = (
-        RobustLogDensity(functional_value_and_grad(log_density), chains) if compile else density
-    )
-    log_density0, grad0 = start_values(density.raw, init_theta)
-    bad = (~torch.isfinite(log_density0)).nonzero().flatten().tolist()
-    if bad:
-        raise ValueError(f"init_theta: the log density is not finite for chain(s) {bad}")
-    state = IntegratorState(init_theta.detach(), torch.zeros_like(init_theta), log_density0, grad0)
-    rng = ChainRNG.from_seed(seed, chains, device=device, dtype=dtype)
-    metric = Metric.identity(chains, dim, dense_mass, init_theta)
-    eps = torch.full((chains,), 1.0 if step_size is None else step_size, dtype=dtype, device=device)
-    if step_size is None:
-        eps = find_step_size(state, eps, metric, density, rng)
 
-    def take_raised() -> Tensor:
-        raised = density.take_raised()
-        return raised if step_density is density else raised + step_density.take_raised()
+    def __init__(
+        self,
+        transition: Transition,
+        log_density: Callable[[Tensor], Tensor],
+        init_theta: Tensor,
+        seeds: Seeds,
+        *,
+        warmup: int,
+        draws: int,
+        target_accept: float,
+        dense_mass: bool,
+        step_size: float | None,
+        compile: bool = False,
+        max_tree_depth: int | None = None,
+        bnn: BNN | None = None,
+        probe: Inputs | None = None,
+    ) -> None:
+        chains = init_theta.shape[0]
+        self.transition = transition
+        self.init_theta = init_theta
+        self.seeds = seeds
+        self.warmup, self.draws = warmup, draws
+        self.adapt = Warmup(warmup, target_accept, dense_mass)
+        self.dense_mass = dense_mass
+        self.step_size = step_size
+        self.compile = compile
+        self.density = RobustLogDensity(value_and_grad(log_density), chains)
+        self.step_density = (
+            RobustLogDensity(functional_value_and_grad(log_density), chains)
+            if compile
+            else self.density
+        )
+        self.densities = [self.density] if not compile else [self.density, self.step_density]
+        self.monitor = ProgressMonitor(max_tree_depth, bnn, probe)
 
-    raised_warmup = take_raised()
-    divergences = 0  # while sampling, for the progress bar
-    adapter = DualAveraging(eps, target_accept)
-    windows = mass_windows(warmup)
-    starts = {s: e for s, e in windows}
-    ends = {e for _, e in windows}
-    welford: Welford | None = None
-    kept_theta: list[Tensor] = []
-    kept_stats: dict[str, list[Tensor]] = {k: [] for k in _STATS}
-    monitor = ProgressMonitor(max_tree_depth, bnn, probe)
+    def stages(self) -> list[tuple[str, int]]:
+        return [("warmup", self.warmup), ("sampling", self.draws)]
 
-    def step(stage: str, i: int) -> dict[str, Any]:
-        nonlocal state, eps, metric, welford, raised_warmup, divergences
-        used_eps = eps
-        with skip_guard_checks() if compile else contextlib.nullcontext():
-            state, info = transition(state, eps, metric, step_density, rng)
-        raised = take_raised()
+    def _take_raised(self) -> Tensor:
+        """``(C,)`` evaluations that raised since the last call, over the run's densities."""
+        raised = self.density.take_raised()
+        return raised if not self.compile else raised + self.step_density.take_raised()
+
+    def init(self) -> MCMCState:
+        """Start at ``init_theta`` with a unit metric and the initial step size.
+
+        Raises
+        ------
+        ValueError
+            Naming ``init_theta`` and the chains, where the log density raises or is not
+            finite at the starting point.
+        """
+        theta = self.init_theta.detach()
+        chains, dim = theta.shape
+        log_density, grad = start_values(self.density.raw, theta)
+        bad = (~torch.isfinite(log_density)).nonzero().flatten().tolist()
+        if bad:
+            raise ValueError(f"init_theta: the log density is not finite for chain(s) {bad}")
+        integrator = IntegratorState(theta, torch.zeros_like(theta), log_density, grad)
+        rng = self.seeds.chain_rng(theta.device, theta.dtype)
+        metric = Metric.identity(chains, dim, self.dense_mass, theta)
+        first = 1.0 if self.step_size is None else self.step_size
+        eps = torch.full((chains,), first, dtype=theta.dtype, device=theta.device)
+        if self.step_size is None:
+            eps = find_step_size(integrator, eps, metric, self.density, rng)
+        return MCMCState(
+            integrator=integrator,
+            step_size=eps,
+            metric=metric,
+            adaptation=self.adapt.init(eps),
+            rng=rng,
+            density=[d.memory() for d in self.densities],
+            raised_warmup=self._take_raised(),
+        )
+
+    def step(self, state: MCMCState, stage: str, i: int) -> tuple[MCMCState, dict[str, Any]]:
+        """One transition of every chain; while warming up, then one adaptation step."""
+        for density, memory in zip(self.densities, state.density, strict=True):
+            density.recall(memory)
+        used_eps = state.step_size
+        with skip_guard_checks() if self.compile else contextlib.nullcontext():
+            integrator, info = self.transition(
+                state.integrator, used_eps, state.metric, self.step_density, state.rng
+            )
+        state.integrator = integrator
+        out: dict[str, Any] = {}
         if stage == "warmup":
-            eps = adapter.update(info.acceptance_rate).to(dtype)
-            if i in starts:
-                welford = Welford(chains, dim, dense_mass, init_theta)
-            if welford is not None:
-                welford.update(state.position)
-            if i + 1 in ends and welford is not None:
-                metric = Metric(welford.regularized().to(dtype))
-                welford = None
-                eps = find_step_size(state, eps, metric, density, rng)
-                adapter.restart(eps)
-                raised = raised + take_raised()
-            if i + 1 == warmup:
-                eps = adapter.final_step_size.to(dtype)
-            raised_warmup = raised_warmup + raised
+
+            def retune(eps: Tensor, metric: Metric) -> Tensor:
+                return find_step_size(integrator, eps, metric, self.density, state.rng)
+
+            state.step_size, state.metric = self.adapt.update(
+                state.adaptation, i, integrator, info.acceptance_rate, state.metric, retune
+            )
+            state.raised_warmup = state.raised_warmup + self._take_raised()
         else:
-            kept_theta.append(state.position.detach().cpu())
-            values = {
-                "lp": state.log_density,
-                "acceptance_rate": info.acceptance_rate,
-                "step_size": used_eps,
-                "tree_depth": info.tree_depth,
-                "n_steps": info.n_steps,
-                "diverging": info.diverging,
-                "energy": info.energy,
-                "density_raised": raised,
-            }
-            for k, v in values.items():
-                kept_stats[k].append(v.detach().cpu())
-            divergences += int(info.diverging.sum())  # a running count, not a sum over draws
-        return {
-            "finite": bool(torch.isfinite(state.log_density).all()),
-            "info": info,
-            "n_steps": info.n_steps,
-            "postfix": {
+            raised = self._take_raised()
+            out["draw"] = (integrator.position, _draw_stats(integrator, info, used_eps, raised))
+            state.divergences += int(info.diverging.sum())
+        state.density = [d.memory() for d in self.densities]
+        out.update(
+            finite=bool(torch.isfinite(integrator.log_density).all()),
+            info=info,
+            n_steps=info.n_steps,
+            postfix={
                 "step": f"{float(used_eps.mean()):.2g}",
                 "accept": f"{float(info.acceptance_rate.mean()):.2f}",
                 "depth": f"{float(info.tree_depth.float().mean()):.1f}",
-                "div": divergences,
-                **monitor.update(stage, state.position, info.tree_depth),
+                "div": state.divergences,
+                **self.monitor.update(stage, integrator.position, info.tree_depth),
             },
-        }
+        )
+        return state, out
 
-    outcome = Driver(
-        [("warmup", warmup), ("sampling", draws)], progress=progress, callbacks=callbacks, desc=desc
-    ).run(step)
-    if kept_theta:
-        theta = torch.stack(kept_theta, dim=1)
-        sample_stats = {k: torch.stack(v, dim=1) for k, v in kept_stats.items()}
-    else:
-        theta = init_theta.detach().cpu().new_zeros(chains, 0, dim)
-        sample_stats = {}
+
+def _draw_stats(
+    integrator: IntegratorState, info: TransitionInfo, step_size: Tensor, raised: Tensor
+) -> dict[str, Tensor]:
+    """A kept draw's ``sample_stats``, per chain."""
+    return {
+        "lp": integrator.log_density,
+        "acceptance_rate": info.acceptance_rate,
+        "step_size": step_size,
+        "tree_depth": info.tree_depth,
+        "n_steps": info.n_steps,
+        "diverging": info.diverging,
+        "energy": info.energy,
+        "density_raised": raised,
+    }
+
+
+def run_mcmc(
+    algorithm: MCMCAlgorithm,
+    control: RunControl,
+    *,
+    desc: str,
+    identity: Mapping[str, Any],
+    bnn: BNN | None = None,
+    attrs: Mapping[str, Any] | None = None,
+) -> Posterior:
+    """Run ``algorithm`` on the driver (:func:`~bayesdl.inference.driver.run`); its Posterior.
+
+    Parameters
+    ----------
+    control
+        Progress, callbacks, checkpoint and resume.
+    desc
+        The progress bar's label.
+    identity
+        What a checkpoint must match to be resumed.
+    bnn
+        The model of the Posterior (``None`` for a generic log density).
+    attrs
+        The backend's attributes of the Posterior; the run adds ``warmup``, ``stopped``,
+        ``density_raised_warmup`` and ``density_error``.
+    """
+    result = run(algorithm, control, desc=desc, identity=identity)
+    chains, dim = algorithm.init_theta.shape
+    theta, stats = result.draws.stacked(chains, dim, algorithm.init_theta.dtype)
+    state: MCMCState = result.state
+    first_error = next((m.first_error for m in state.density if m.first_error), "")
     posterior = Posterior(
         theta,
         bnn,
-        sample_stats,
+        stats,
         kind="mcmc",
-        partial=outcome.partial,
+        partial=result.outcome.partial,
         attrs={
             **(attrs or {}),
-            "warmup": warmup,
-            "stopped": outcome.reason or "",
-            "density_raised_warmup": int(raised_warmup.sum()),
-            "density_error": density.first_error or step_density.first_error or "",
+            "warmup": algorithm.warmup,
+            "stopped": result.outcome.reason or "",
+            "density_raised_warmup": int(state.raised_warmup.sum()),
+            "density_error": first_error,
         },
     )
-    return finish(posterior, outcome)
+    return finish(posterior, result.outcome)

@@ -46,8 +46,9 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from ..gradients import LogDensityAndGrad
 from ..rng import ChainRNG
-from .integrators import IntegratorState, LogDensityAndGrad, leapfrog, where
+from .integrators import IntegratorState, leapfrog, where
 from .mass_matrix import Metric
 
 __all__ = [
