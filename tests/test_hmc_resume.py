@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from bayesdl import likelihoods, priors
-from bayesdl.inference import HMC, NUTS
+from bayesdl.inference import HMC, NUTS, DensityErrorWarning
 from bayesdl.models import BNN, MLP
 
 
@@ -102,3 +102,29 @@ def test_the_pyro_engine_refuses_checkpoints_naming_checkpoint(tmp_path, option)
         NUTS(chains=1, warmup=2, draws=2, engine="pyro").fit(
             bnn, x, y, progress=False, **{option: tmp_path / "run.ckpt"}
         )
+
+
+def _raising(theta: torch.Tensor) -> torch.Tensor:
+    """A wide Gaussian that raises beyond ``|theta_0| = 2`` (as a failed factorisation does)."""
+    if bool((theta[:, 0].abs() > 2.0).any()):
+        raise ValueError("outside the domain")
+    return -0.5 * ((theta / 3.0) ** 2).sum(-1)
+
+
+def test_a_density_that_raises_resumes_with_its_counts_and_first_error(tmp_path):
+    nuts = NUTS(chains=2, warmup=25, draws=10)
+    init = torch.zeros(2, 2, dtype=torch.float64)
+    with pytest.warns(DensityErrorWarning):
+        reference = nuts.sample(_raising, init, seed=1, progress=False)
+    raised = int(reference.sample_stats["density_raised"].sum())
+    assert raised > 0 and reference.attrs["density_raised_warmup"] > 0
+    assert "outside the domain" in reference.attrs["density_error"]
+    for stop in (5, 30):
+        path = tmp_path / f"run{stop}.ckpt"
+        with pytest.warns(RuntimeWarning, match="interrupted during"):
+            nuts.sample(
+                _raising, init, seed=1, progress=False, checkpoint=path, callbacks=_stop_after(stop)
+            )
+        with pytest.warns(DensityErrorWarning):
+            resumed = nuts.sample(_raising, init, progress=False, resume=path)
+        _assert_same(resumed, reference)
