@@ -69,6 +69,7 @@ __all__ = [
     "identity_of",
     "prepare",
     "run",
+    "split_chains",
 ]
 
 #: Without ``checkpoint_every``, a checkpoint is written at most this often (seconds of run).
@@ -376,17 +377,22 @@ def prepare(
     else:
         theta = check_init_theta(init_theta, chains, bnn.num_params)
     if split is not None:
-        if chains < split.world:
-            raise ValueError(
-                f"chains: {chains} chains cannot be shared over {split.world} processes "
-                "(give at least one chain per process, or distributed=False)"
-            )
-        start, stop = split.block(chains)
-        theta = theta[start:stop]
-        seeds = dataclasses.replace(seeds, block=(start, stop))
+        theta, seeds = split_chains(theta, seeds, split)
     theta = theta.detach().to(dtype=bnn.dtype, device=bnn.device).clone()
     check_start(bnn, theta, x, y)
     return Problem(bnn, x, y, num_data, theta, seeds, loader)
+
+
+def split_chains(theta: Tensor, seeds: Seeds, group: Ranks) -> tuple[Tensor, Seeds]:
+    """This process's block of the chains: its rows of ``theta`` and its chains' seed streams
+    (the streams those chains have in a one-process run)."""
+    if seeds.chains < group.world:
+        raise ValueError(
+            f"chains: {seeds.chains} chains cannot be shared over {group.world} processes "
+            "(give at least one chain per process, or distributed=False)"
+        )
+    start, stop = group.block(seeds.chains)
+    return theta[start:stop], dataclasses.replace(seeds, block=(start, stop))
 
 
 def fingerprint(x: Inputs, y: Tensor) -> list[Any]:
@@ -514,7 +520,7 @@ def run(
 
 
 def gather_chains(
-    theta: Tensor, stats: Mapping[str, Tensor], problem: Problem, group: Ranks | None
+    theta: Tensor, stats: Mapping[str, Tensor], seeds: Seeds, group: Ranks | None
 ) -> tuple[Tensor, dict[str, Tensor], dict[str, Any]]:
     """In a run whose chains were split over processes: every chain's draws on rank 0, in
     chain order; the other ranks keep their own. Returns ``(theta, stats, attrs)`` with
@@ -522,18 +528,18 @@ def gather_chains(
 
     ``theta`` is ``(chains of this process, draws, D)``, each of ``stats`` ``(chains, draws)``.
     """
-    if group is None or problem.block is None:
+    if group is None or seeds.block is None:
         return theta, dict(stats), {}
-    counts = group.counts(problem.seeds.chains)
+    chains = seeds.chains
+    counts = group.counts(chains)
     whole = gather_blocks(theta, counts)
     whole_stats = {k: gather_blocks(v, counts) for k, v in sorted(stats.items())}
-    start, stop = problem.block
+    start, stop = seeds.block
     if group.root:
-        note = f"rank 0 of {group.world}: all {problem.seeds.chains} chains"
-        return whole, whole_stats, {"distributed": note}
+        return whole, whole_stats, {"distributed": f"rank 0 of {group.world}: all {chains} chains"}
     note = (
-        f"rank {group.rank} of {group.world}: chains {start}-{stop - 1} of "
-        f"{problem.seeds.chains} (rank 0 holds all)"
+        f"rank {group.rank} of {group.world}: chains {start}-{stop - 1} of {chains} (rank 0 "
+        "holds all)"
     )
     return theta, dict(stats), {"distributed": note}
 

@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from bayesdl import distributed, likelihoods, priors
-from bayesdl.inference import SGHMC, NonFiniteError
+from bayesdl.inference import NUTS, SGHMC, NonFiniteError
 from bayesdl.models import BNN, MLP
 from bayesdl.testing import FaultyMLP
 
@@ -158,3 +158,43 @@ def test_a_dataloader_is_sharded_over_ranks_and_equals_one_process():
     single = sampler.fit(bnn, x, y, seed=3, progress=False)
     for result in distributed.spawn(_loader_fit, 2, 20):
         torch.testing.assert_close(result["theta"], single.theta, rtol=0, atol=1e-9)
+
+
+def _nuts_fit(chains: int) -> dict[str, object]:
+    bnn, x, y = _problem()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        posterior = NUTS(chains=chains, warmup=8, draws=6, max_tree_depth=4).fit(
+            bnn, x, y, seed=5, progress=False
+        )
+    return {
+        "theta": posterior.theta,
+        "stats": dict(posterior.sample_stats),
+        "attrs": dict(posterior.attrs),
+    }
+
+
+def test_nuts_chains_split_over_ranks_equal_one_process_bit_for_bit():
+    single = _nuts_fit(3)
+    results = distributed.spawn(_nuts_fit, 2, 3)
+    root, other = results
+    assert torch.equal(root["theta"], single["theta"])
+    for name, value in single["stats"].items():
+        assert torch.equal(root["stats"][name], value), name
+    assert root["attrs"]["distributed"] == "rank 0 of 2: all 3 chains"
+    assert torch.equal(other["theta"], single["theta"][2:])  # rank 1 holds chain 2
+    assert other["attrs"]["distributed"].startswith("rank 1 of 2: chains 2-2 of 3")
+
+
+def _nuts_sample() -> object:
+    def log_density(theta: torch.Tensor) -> torch.Tensor:
+        return -0.5 * (theta**2).sum(-1)
+
+    init = torch.linspace(-1.0, 1.0, 8, dtype=torch.float64).reshape(4, 2)
+    return NUTS(chains=4, warmup=10, draws=10).sample(log_density, init, seed=1, progress=False)
+
+
+def test_nuts_sample_splits_chains_over_ranks():
+    single = _nuts_sample()
+    root = distributed.spawn(_nuts_sample, 2)[0]
+    assert torch.equal(root.theta, single.theta)

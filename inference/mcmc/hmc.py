@@ -26,7 +26,15 @@ from bayesdl._checks import check_count, check_positive, check_probability
 
 from ..base import Backend, Callback
 from ..compilation import compile_step
-from ..driver import Problem, RunControl, Seeds, check_init_theta, identity_of, prepare
+from ..driver import (
+    Problem,
+    RunControl,
+    Seeds,
+    check_init_theta,
+    identity_of,
+    prepare,
+    split_chains,
+)
 from ..health import (
     DensityErrorWarning,
     density_problems,
@@ -166,6 +174,7 @@ class HamiltonianBackend(Backend):
         checkpoint: str | os.PathLike | None = None,
         checkpoint_every: int | None = None,
         resume: str | os.PathLike | None = None,
+        distributed: bool | None = None,
     ) -> Posterior:
         """Sample the posterior of ``bnn`` given ``(x, y)``.
 
@@ -192,6 +201,12 @@ class HamiltonianBackend(Backend):
             bayesdl engine only: with ``engine="pyro"`` they are a ``ValueError``, because
             Pyro's kernels keep their state (adaptation, random state) inside Pyro objects
             that cannot be written to a checkpoint.
+        distributed
+            Split the chains over the ``torch.distributed`` process group, in contiguous
+            blocks (:mod:`bayesdl.distributed`); rank 0's Posterior holds every chain, equal
+            to a one-process run's with the same seed and chains, the other ranks' their own.
+            Default: whenever a group of more than one process is initialised. The bayesdl
+            engine only.
 
         Returns
         -------
@@ -203,9 +218,23 @@ class HamiltonianBackend(Backend):
                 "checkpoint: engine='pyro' cannot write or resume checkpoints (Pyro's kernels "
                 "keep their state inside Pyro objects); use engine='bayesdl'"
             )
-        control = RunControl.of(progress, callbacks, checkpoint, checkpoint_every, resume)
+        control = RunControl.of(
+            progress, callbacks, checkpoint, checkpoint_every, resume, distributed
+        )
+        if self.engine == "pyro" and control.ranks is not None:
+            raise ValueError(
+                "distributed: engine='pyro' runs in one process; use engine='bayesdl' or "
+                "distributed=False"
+            )
         problem = prepare(
-            bnn, x, y, chains=self.chains, seed=seed, init_theta=init_theta, num_data=num_data
+            bnn,
+            x,
+            y,
+            chains=self.chains,
+            seed=seed,
+            init_theta=init_theta,
+            num_data=num_data,
+            split=control.ranks,
         )
         probe = probe_inputs(problem.x)
         if self.engine == "pyro":
@@ -226,6 +255,7 @@ class HamiltonianBackend(Backend):
                 identity=identity_of(self, problem),
                 bnn=problem.bnn,
                 attrs=self._attrs(),
+                seeds=problem.seeds,
             )
         warn_all(mcmc_problems(posterior, **self._caps(True), probe=probe))
         warn_all(density_problems(posterior), category=DensityErrorWarning)
@@ -292,6 +322,7 @@ class HamiltonianBackend(Backend):
         checkpoint: str | os.PathLike | None = None,
         checkpoint_every: int | None = None,
         resume: str | os.PathLike | None = None,
+        distributed: bool | None = None,
     ) -> Posterior:
         """Sample any log density with the bayesdl engine (like Pyro's ``potential_fn``).
 
@@ -302,7 +333,7 @@ class HamiltonianBackend(Backend):
             independent chains.
         init_theta
             Initial values ``(chains, D)``.
-        seed, progress, callbacks
+        seed, progress, callbacks, distributed
             As for :meth:`fit`.
         checkpoint, checkpoint_every, resume
             As for :meth:`fit`. A log density cannot be fingerprinted: ``resume`` checks only
@@ -326,7 +357,9 @@ class HamiltonianBackend(Backend):
             raise ValueError(
                 "engine: sample() runs on the bayesdl engine; Pyro's runs on bnn.model"
             )
-        control = RunControl.of(progress, callbacks, checkpoint, checkpoint_every, resume)
+        control = RunControl.of(
+            progress, callbacks, checkpoint, checkpoint_every, resume, distributed
+        )
         if not callable(log_density):
             raise TypeError(f"log_density: expected a callable, got {type(log_density).__name__}")
         if not isinstance(init_theta, Tensor) or init_theta.dim() != 2:
@@ -336,6 +369,8 @@ class HamiltonianBackend(Backend):
             )
         init_theta = check_init_theta(init_theta, self.chains, init_theta.shape[1])
         seeds = Seeds.of(seed, self.chains)
+        if control.ranks is not None:
+            init_theta, seeds = split_chains(init_theta, seeds, control.ranks)
         with torch.no_grad():
             probe = start_values(log_density, init_theta)
         if not isinstance(probe, Tensor) or tuple(probe.shape) != (init_theta.shape[0],):
@@ -349,6 +384,7 @@ class HamiltonianBackend(Backend):
             desc=self._desc(),
             identity={"backend": repr(self), "init_theta": list(init_theta.shape)},
             attrs=self._attrs(),
+            seeds=seeds,
         )
         warn_all(mcmc_problems(posterior, **self._caps(False)))
         warn_all(density_problems(posterior), category=DensityErrorWarning)

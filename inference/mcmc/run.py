@@ -27,11 +27,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from bayesdl.distributed import all_reduce_sum
 from bayesdl.posterior import Posterior
 
 from ..base import finish
 from ..compilation import skip_guard_checks
-from ..driver import Algorithm, RunControl, Seeds, run
+from ..driver import Algorithm, RunControl, Seeds, gather_chains, run
 from ..gradients import functional_value_and_grad, value_and_grad
 from ..health import ProgressMonitor
 from ..rng import ChainRNG
@@ -259,6 +260,7 @@ def run_mcmc(
     identity: Mapping[str, Any],
     bnn: BNN | None = None,
     attrs: Mapping[str, Any] | None = None,
+    seeds: Seeds | None = None,
 ) -> Posterior:
     """Run ``algorithm`` on the driver (:func:`~bayesdl.inference.driver.run`); its Posterior.
 
@@ -275,12 +277,21 @@ def run_mcmc(
     attrs
         The backend's attributes of the Posterior; the run adds ``warmup``, ``stopped``,
         ``density_raised_warmup`` and ``density_error``.
+    seeds
+        The run's seeds; in a run whose chains are split over processes (``seeds.block``),
+        rank 0's Posterior gathers every chain (:func:`~bayesdl.inference.driver.gather_chains`).
     """
     result = run(algorithm, control, desc=desc, identity=identity)
     chains, dim = algorithm.init_theta.shape
     theta, stats = result.draws.stacked(chains, dim, algorithm.init_theta.dtype)
     state: MCMCState = result.state
     first_error = next((m.first_error for m in state.density if m.first_error), "")
+    raised_warmup = state.raised_warmup.sum()
+    group = control.ranks
+    if seeds is not None and seeds.block is not None and group is not None:
+        theta, stats, shared = gather_chains(theta, stats, seeds, group)
+        raised_warmup = all_reduce_sum(raised_warmup)
+        attrs = {**(attrs or {}), **shared}
     posterior = Posterior(
         theta,
         bnn,
@@ -291,7 +302,7 @@ def run_mcmc(
             **(attrs or {}),
             "warmup": algorithm.warmup,
             "stopped": result.outcome.reason or "",
-            "density_raised_warmup": int(state.raised_warmup.sum()),
+            "density_raised_warmup": int(raised_warmup),
             "density_error": first_error,
         },
     )
