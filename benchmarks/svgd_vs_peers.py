@@ -47,6 +47,9 @@ from pyro.optim import Adam
 import bayesdl
 from bayesdl import likelihoods, priors
 from bayesdl.inference.compilation import skip_guard_checks
+from bayesdl.inference.particles.algorithm import bnn_target
+from bayesdl.inference.particles.compiled import compiled_step
+from bayesdl.inference.particles.directions import SteinDirection
 from bayesdl.inference.particles.svgd import SVGD
 from bayesdl.models import BNN, MLP
 
@@ -89,14 +92,15 @@ def bayesdl_stepper(
 ) -> Callable[[], None]:
     """One step of bayesdl's SVGD, through its internals (no driver, no progress bar)."""
     svgd = SVGD(particles=particles, kernel=kernel, lr=LR)
-    target = svgd._target(bnn, x, y, len(x), None, [0, 1, 2])
+    target = bnn_target(svgd, bnn, x, y, len(x), 0)
+    streams, direction = target.streams(1, 2), SteinDirection.of(svgd)
     theta = bnn.init_theta(particles, 0)
     optimizer = torch.optim.Adam([theta], lr=LR)
     noise = torch.Generator().manual_seed(0)
 
     def step() -> None:
         with torch.no_grad():
-            phi, _ = svgd._direction(target, theta, target.next_batch(), 1.0, noise)
+            phi, _ = direction(target, theta, target.next_batch(), 1.0, noise, streams)
             theta.grad = -phi
             optimizer.step()
 
@@ -108,16 +112,17 @@ def compiled_stepper(
 ) -> Callable[[], None]:
     """One step of ``SVGD(compile=True)``, through its internals (as :func:`bayesdl_stepper`)."""
     svgd = SVGD(particles=particles, kernel=kernel, lr=LR, compile=True)
-    target = svgd._target(bnn, x, y, len(x), None, [0, 1, 2])
+    target = bnn_target(svgd, bnn, x, y, len(x), 0)
     theta = bnn.init_theta(particles, 0)
     optimizer = torch.optim.Adam([theta], lr=LR)
     noise = torch.Generator().manual_seed(0)
-    compiled = svgd._compiled_step(target, theta, optimizer)
+    compiled = compiled_step(svgd, target, theta, optimizer)
     assert compiled is not None and compiled.kind == "adam"
+    moments = compiled.moments(theta)
 
     def step() -> None:
         with torch.no_grad(), skip_guard_checks():
-            compiled(theta, target.next_batch(), 1.0, noise)
+            compiled(theta, target.next_batch(), 1.0, noise, moments)
 
     return step
 

@@ -17,12 +17,12 @@ from statistical.blr import linear_regression
 from bayesdl import Posterior, likelihoods, priors
 from bayesdl.inference import ConvergenceWarning
 from bayesdl.inference.base import NonFiniteError
+from bayesdl.inference.particles.algorithm import bnn_target
 from bayesdl.inference.particles.directions import SteinDirection
 from bayesdl.inference.particles.initial import draw_initial
 from bayesdl.inference.particles.scores import GaussianProcessScore
 from bayesdl.inference.particles.stein_kernels import IMQ, RBF, Hybrid
 from bayesdl.inference.particles.svgd import SVGD, annealing, uniform_domain
-from bayesdl.inference.particles.targets import BNNTarget
 from bayesdl.models import BNN, MLP
 
 DTYPE = torch.float64
@@ -59,27 +59,13 @@ def gaussian_log_density(theta: torch.Tensor) -> torch.Tensor:
 
 def target_of(svgd: SVGD, bnn, x, y, num_data: int, batch_seed: int = 0):
     """The BNN target an SVGD fit builds (no measurement inputs), and its random streams."""
-    target = BNNTarget(
-        bnn,
-        x,
-        y,
-        num_data=num_data,
-        batch_size=svgd.batch_size,
-        measurement=None,
-        measurement_size=None,
-        prior_score=svgd.prior_score,
-        prior_draws=svgd.prior_draws,
-        ssge_eta=svgd.ssge_eta,
-        ssge_threshold=svgd.ssge_threshold,
-        function_space=svgd.function_space,
-        batch_seed=batch_seed,
-    )
+    target = bnn_target(svgd, bnn, x, y, num_data, batch_seed)
     return target, target.streams(1, 2)
 
 
 def direction_of(svgd: SVGD) -> SteinDirection:
     """The update direction of ``svgd``'s settings."""
-    return SteinDirection(svgd.kernel, svgd.update, svgd.stochastic, svgd.lr, svgd.ssge_eta)
+    return SteinDirection.of(svgd)
 
 
 # ------------------------------------------------------------------------------ arguments

@@ -226,3 +226,27 @@ def test_compiled_sampling_keeps_callbacks_ctrl_c_and_the_nan_guard(monkeypatch)
     assert nan_c.attrs["stopped"] == nan_e.attrs["stopped"] == "non-finite"
     torch.testing.assert_close(nan_c.theta, nan_e.theta, rtol=1e-9, atol=1e-12)
     assert bool(torch.isfinite(nan_c.theta).all())
+
+
+@needs_compiler
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+def test_a_compiled_run_resumes_with_adams_moments_from_the_checkpoint(monkeypatch, tmp_path):
+    """Adam updated inside the graph keeps its count and moments in the run's state: a
+    compiled run stopped after step 2 and resumed equals the uninterrupted compiled run.
+    Each fit gets a fresh model, as a resumed run in a new process does (compiled runs of one
+    BNN object in one process may differ in rounding: the first compiles other code)."""
+    monkeypatch.setattr(compilation, "SKIP_GUARDS", False)
+    svgd = SVGD(particles=3, kernel=None, steps=5, batch_size=8, compile=True)
+    reference = svgd.fit(*_problem(), seed=0, progress=False)
+    path = os.fspath(tmp_path / "run.ckpt")
+
+    def stop(event):
+        if event.step == 2:
+            raise KeyboardInterrupt
+
+    with pytest.warns(RuntimeWarning, match="interrupted"):
+        svgd.fit(*_problem(), seed=0, progress=False, checkpoint=path, callbacks=stop)
+    resumed = svgd.fit(*_problem(), seed=1, progress=False, resume=path)
+    assert resumed.attrs["compile"] == 1 and not resumed.partial
+    assert torch.equal(resumed.theta, reference.theta)
+    assert torch.equal(resumed.sample_stats["lp"], reference.sample_stats["lp"])

@@ -25,12 +25,42 @@ from ..state import state_record
 from .annealing import annealing
 from .compiled import GraphMoments, compiled_step
 from .directions import SteinDirection
-from .targets import BNNTarget, DensityTarget, FunctionStreams
+from .targets import BNNTarget, DensityTarget, FunctionStreams, MeasurementLike
 
 if TYPE_CHECKING:  # pragma: no cover
+    from bayesdl.models import BNN
+
     from .svgd import SVGD
 
-__all__ = ["SVGDRun", "SVGDState"]
+__all__ = ["SVGDRun", "SVGDState", "bnn_target"]
+
+
+def bnn_target(
+    svgd: SVGD,
+    bnn: BNN,
+    x: Tensor,
+    y: Tensor,
+    num_data: int,
+    batch_seed: int | None,
+    measurement: MeasurementLike = None,
+) -> BNNTarget:
+    """The target of ``svgd`` on a BNN and its checked data, with ``svgd``'s settings
+    (``measurement``: the checked measurement inputs)."""
+    return BNNTarget(
+        bnn,
+        x,
+        y,
+        num_data=num_data,
+        batch_size=svgd.batch_size,
+        measurement=measurement,
+        measurement_size=svgd.measurement_size,
+        prior_score=svgd.prior_score,
+        prior_draws=svgd.prior_draws,
+        ssge_eta=svgd.ssge_eta,
+        ssge_threshold=svgd.ssge_threshold,
+        function_space=svgd.function_space,
+        batch_seed=batch_seed,
+    )
 
 
 @state_record
@@ -97,9 +127,7 @@ class SVGDRun(Algorithm[SVGDState]):
         self.compiled = (
             compiled_step(svgd, target, self.leaf, self.optimizer) if svgd.compile else None
         )
-        self.direction = SteinDirection(
-            svgd.kernel, svgd.update, svgd.stochastic, svgd.lr, svgd.ssge_eta
-        )
+        self.direction = SteinDirection.of(svgd)
         self.schedule = annealing(svgd.anneal, svgd.anneal_steps)
 
     def stages(self) -> list[tuple[str, int]]:

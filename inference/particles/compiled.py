@@ -66,7 +66,7 @@ def kernel_matrix(kernel: Kernel, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     profile's derivative, where a kernel takes it from autograd, through :func:`torch.func`.
     A kernel that overrides the bandwidth hook keeps its own (which may break the graph).
     """
-    z = kernel._embed(x)
+    z = kernel.embed(x)
     sq = pairwise_sq_dists(z)
     if type(kernel).bandwidth is Kernel.bandwidth:
         if isinstance(kernel.fixed_bandwidth, str):
@@ -84,8 +84,8 @@ def kernel_matrix(kernel: Kernel, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     else:
         slope = kernel.profile_derivative(r)
     repulsion = (2.0 / h) * (slope @ z - slope.sum(1, keepdim=True) * z)
-    if kernel._factor is not None:
-        repulsion = repulsion @ kernel._factor.to(dtype=x.dtype, device=x.device).T
+    if kernel.metric_factor is not None:
+        repulsion = repulsion @ kernel.metric_factor.to(dtype=x.dtype, device=x.device).T
     return value, repulsion, h
 
 

@@ -102,6 +102,11 @@ class SteinDirection:
     lr: float = 1e-2
     ssge_eta: float = 0.01
 
+    @classmethod
+    def of(cls, svgd: Any) -> SteinDirection:
+        """The direction of an :class:`~.svgd.SVGD` backend's settings."""
+        return cls(svgd.kernel, svgd.update, svgd.stochastic, svgd.lr, svgd.ssge_eta)
+
     def __call__(
         self,
         target: Target,

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from bayesdl.models import BNN
 
-__all__ = ["INITS", "InitFn", "check_particles", "draw_initial"]
+__all__ = ["INITS", "InitFn", "check_density_particles", "check_particles", "draw_initial"]
 
 #: The named starting rules.
 INITS = ("net", "prior")
@@ -35,6 +35,20 @@ def check_particles(
     if not bool(torch.isfinite(init_theta).all()):
         raise ValueError("init_theta: contains NaN or infinite values")
     return init_theta.detach().to(dtype=dtype, device=device).clone()
+
+
+def check_density_particles(init_theta: object, particles: int) -> Tensor:
+    """``init_theta`` of ``SVGD.sample``: a floating ``(particles, D)`` tensor, any ``D``."""
+    if not isinstance(init_theta, Tensor) or init_theta.dim() != 2:
+        raise ValueError(
+            f"init_theta: expected a tensor of shape ({particles}, D), got "
+            f"{getattr(init_theta, 'shape', type(init_theta).__name__)}"
+        )
+    if not init_theta.is_floating_point():
+        raise TypeError(f"init_theta: expected a floating tensor, got {init_theta.dtype}")
+    return check_particles(
+        init_theta, particles, init_theta.shape[1], init_theta.dtype, init_theta.device
+    )
 
 
 def draw_initial(init: str | InitFn, bnn: BNN, particles: int, seed: int) -> Tensor:

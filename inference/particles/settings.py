@@ -8,6 +8,7 @@ The kernel a string names (:func:`resolve_kernel`), whether a kernel compares fu
 
 from __future__ import annotations
 
+import types
 from typing import Any
 
 import torch
@@ -23,9 +24,11 @@ __all__ = [
     "UPDATES",
     "KernelLike",
     "check_combination",
+    "check_density_run",
     "check_model",
     "resolve_kernel",
     "scores_functions",
+    "stable_repr",
     "uses_functions",
 ]
 
@@ -100,6 +103,30 @@ def check_combination(
                 "optimizer=torch.optim.SGD without momentum or weight decay (the name "
                 "'sgd' means momentum 0.9: add optimizer_kwargs={'momentum': 0})"
             )
+
+
+def check_density_run(
+    kernel: Kernel | Hybrid | None, batch_size: int | None, log_density: object
+) -> None:
+    """What ``SVGD.sample`` on a bare log density needs: a callable, a weight-space kernel (no
+    functions to compare) and no minibatches (no data); errors name the argument."""
+    if not callable(log_density):
+        raise TypeError(f"log_density: expected a callable, got {type(log_density).__name__}")
+    if uses_functions(kernel):
+        raise ValueError(
+            "kernel: function-space kernels need a BNN (its outputs); use fit(bnn, x, y) or "
+            "a weight-space kernel"
+        )
+    if batch_size is not None:
+        raise ValueError("batch_size: sample() runs on a log density, it has no data")
+
+
+def stable_repr(value: object) -> str:
+    """``repr`` of a setting; a function or method by its qualified name (no memory address,
+    so that a checkpoint's record of the settings matches in another process)."""
+    if isinstance(value, (types.FunctionType, types.MethodType, types.BuiltinFunctionType)):
+        return f"<{getattr(value, '__module__', '?')}.{value.__qualname__}>"
+    return repr(value)
 
 
 def check_model(kernel: Kernel | Hybrid | None, function_space: str, bnn: BNN) -> None:

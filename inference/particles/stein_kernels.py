@@ -217,6 +217,12 @@ class Kernel(ABC):
         Optional ``(M, M)`` positive semi-definite matrix ``A`` of the squared distance
         ``(x - y)^T A (x - y)``; the identity if ``None``.
 
+    Attributes
+    ----------
+    metric_factor
+        ``L`` with ``A = L L^T`` (``None`` for the identity): :meth:`embed` maps ``x`` to
+        ``z = x L``, where the metric distance is Euclidean.
+
     Notes
     -----
     Subclasses implement :meth:`profile`; they may override :meth:`bandwidth` (the bandwidth
@@ -240,7 +246,7 @@ class Kernel(ABC):
             bandwidth = check_positive("bandwidth", bandwidth)
         self.fixed_bandwidth: float | str = bandwidth
         self.bandwidth_factor = check_positive("bandwidth_factor", bandwidth_factor)
-        self._factor = _metric_factor(metric)
+        self.metric_factor = _metric_factor(metric)
 
     # ------------------------------------------------------------------ hooks
     @abstractmethod
@@ -267,16 +273,16 @@ class Kernel(ABC):
         return h * self.bandwidth_factor
 
     # ------------------------------------------------------------------ evaluation
-    def _embed(self, x: Tensor) -> Tensor:
+    def embed(self, x: Tensor) -> Tensor:
         """Coordinates ``z = x L`` in which the metric distance is Euclidean."""
-        if self._factor is None:
+        if self.metric_factor is None:
             return x
-        if self._factor.shape[0] != x.shape[-1]:
+        if self.metric_factor.shape[0] != x.shape[-1]:
             raise ValueError(
-                f"x: the kernel's metric is {tuple(self._factor.shape)}, but the particles have "
-                f"{x.shape[-1]} coordinates"
+                f"x: the kernel's metric is {tuple(self.metric_factor.shape)}, but the "
+                f"particles have {x.shape[-1]} coordinates"
             )
-        return x @ self._factor.to(dtype=x.dtype, device=x.device)
+        return x @ self.metric_factor.to(dtype=x.dtype, device=x.device)
 
     def __call__(self, x: Tensor) -> KernelMatrix:
         """Evaluate the kernel on particles ``x`` ``(P, M)`` (detached)."""
@@ -285,7 +291,7 @@ class Kernel(ABC):
                 f"x: expected particles of shape (P, M), got {getattr(x, 'shape', type(x))}"
             )
         x = x.detach()
-        z = self._embed(x)
+        z = self.embed(x)
         sq = pairwise_sq_dists(z)
         h = self.bandwidth(sq).detach()
         r = sq / h
@@ -293,8 +299,8 @@ class Kernel(ABC):
         slope = self.profile_derivative(r)
         # R_i = (2/h) sum_j kappa'(r_ij) (z_j - z_i), in z coordinates; slope is symmetric.
         repulsion = (2.0 / h) * (slope @ z - slope.sum(1, keepdim=True) * z)
-        if self._factor is not None:
-            repulsion = repulsion @ self._factor.to(dtype=x.dtype, device=x.device).T
+        if self.metric_factor is not None:
+            repulsion = repulsion @ self.metric_factor.to(dtype=x.dtype, device=x.device).T
         return KernelMatrix(value, repulsion, float(h))
 
     def pair_gradients(self, x: Tensor, bandwidth: float | Tensor) -> Tensor:
@@ -308,17 +314,17 @@ class Kernel(ABC):
         through the Jacobian of its own particle ``j``. ``bandwidth`` is the one
         :meth:`__call__` used (held constant, as there).
         """
-        z = self._embed(x.detach())
+        z = self.embed(x.detach())
         r = pairwise_sq_dists(z) / bandwidth
         diff = z[None, :, :] - z[:, None, :]  # [i, j] = z_j - z_i
         grads = (2.0 / bandwidth) * self.profile_derivative(r)[..., None] * diff
-        if self._factor is not None:
-            grads = grads @ self._factor.to(dtype=x.dtype, device=x.device).T
+        if self.metric_factor is not None:
+            grads = grads @ self.metric_factor.to(dtype=x.dtype, device=x.device).T
         return grads
 
     def cross(self, x: Tensor, y: Tensor, bandwidth: float | Tensor) -> Tensor:
         """``k(x_i, y_j)`` for two sets of points ``(P, M)``, ``(Q, M)`` at a given bandwidth."""
-        sq = pairwise_sq_dists(self._embed(x.detach()), self._embed(y.detach()))
+        sq = pairwise_sq_dists(self.embed(x.detach()), self.embed(y.detach()))
         return self.profile(sq / bandwidth)
 
     def __repr__(self) -> str:
@@ -327,7 +333,7 @@ class Kernel(ABC):
             parts.append(f"bandwidth={self.fixed_bandwidth!r}")
         if self.bandwidth_factor != 1.0:
             parts.append(f"bandwidth_factor={self.bandwidth_factor}")
-        if self._factor is not None:
+        if self.metric_factor is not None:
             parts.append("metric=<matrix>")
         return f"{type(self).__name__}({', '.join(parts)})"
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import types
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -36,20 +35,22 @@ from ..compilation import skip_guard_checks
 from ..driver import RunControl, RunResult, Seeds, identity_of, prepare, run
 from ..health import particle_problems, warn_all
 from ..optimizers import OptimizerSpec, check_optimizer, check_optimizer_kwargs, resolve_optimizer
-from .algorithm import SVGDRun
+from .algorithm import SVGDRun, bnn_target
 from .annealing import annealing
-from .initial import INITS, InitFn, check_particles, draw_initial
+from .initial import INITS, InitFn, check_density_particles, check_particles, draw_initial
 from .measurement import check_measurement, checked_measurement, uniform_domain, warn_off_data
 from .settings import (
     FUNCTION_SPACES,
     UPDATES,
     KernelLike,
     check_combination,
+    check_density_run,
     check_model,
     resolve_kernel,
+    stable_repr,
     uses_functions,
 )
-from .targets import BNNTarget, DensityTarget, MeasurementLike, PriorScore
+from .targets import DensityTarget, MeasurementLike, PriorScore
 
 __all__ = ["SVGD", "annealing", "uniform_domain"]
 
@@ -280,7 +281,7 @@ class SVGD(Backend):
         """The settings, with callables by name (no memory address), so that a checkpoint's
         record of the settings matches in another process."""
         args = ", ".join(
-            f"{k}={_stable_repr(v)}" for k, v in vars(self).items() if not k.startswith("_")
+            f"{k}={stable_repr(v)}" for k, v in vars(self).items() if not k.startswith("_")
         )
         return f"SVGD({args})"
 
@@ -356,20 +357,9 @@ class SVGD(Backend):
         )
         check_model(self.kernel, self.function_space, problem.bnn)
         warn_off_data(self.kernel, self.measurement, self.prior_score)
-        target = BNNTarget(
-            problem.bnn,
-            problem.x,
-            problem.y,
-            num_data=problem.num_data,
-            batch_size=self.batch_size,
-            measurement=checked_measurement(problem.bnn, self.measurement),
-            measurement_size=self.measurement_size,
-            prior_score=self.prior_score,
-            prior_draws=self.prior_draws,
-            ssge_eta=self.ssge_eta,
-            ssge_threshold=self.ssge_threshold,
-            function_space=self.function_space,
-            batch_seed=seeds[_BATCHES],
+        measurement = checked_measurement(problem.bnn, self.measurement)
+        target = bnn_target(
+            self, problem.bnn, problem.x, problem.y, problem.num_data, seeds[_BATCHES], measurement
         )
         algorithm = SVGDRun(self, target, problem.init_theta, seeds[_MEASUREMENT:])
         result = self._run(algorithm, control, identity_of(self, problem), target.batches)
@@ -411,30 +401,13 @@ class SVGD(Backend):
         control = RunControl.of(
             progress, callbacks, checkpoint, checkpoint_every, resume, distributed=False
         )
-        if not callable(log_density):
-            raise TypeError(f"log_density: expected a callable, got {type(log_density).__name__}")
-        if uses_functions(self.kernel):
-            raise ValueError(
-                "kernel: function-space kernels need a BNN (its outputs); use fit(bnn, x, y) or "
-                "a weight-space kernel"
-            )
-        if self.batch_size is not None:
-            raise ValueError("batch_size: sample() runs on a log density, it has no data")
-        if not isinstance(init_theta, Tensor) or init_theta.dim() != 2:
-            raise ValueError(
-                f"init_theta: expected a tensor of shape ({self.particles}, D), got "
-                f"{getattr(init_theta, 'shape', type(init_theta).__name__)}"
-            )
-        if not init_theta.is_floating_point():
-            raise TypeError(f"init_theta: expected a floating tensor, got {init_theta.dtype}")
-        theta = check_particles(
-            init_theta, self.particles, init_theta.shape[1], init_theta.dtype, init_theta.device
-        )
+        check_density_run(self.kernel, self.batch_size, log_density)
+        theta = check_density_particles(init_theta, self.particles)
         seeds = Seeds.of(seed, self.particles).children(5)
         algorithm = SVGDRun(self, DensityTarget(log_density), theta, seeds[_MEASUREMENT:])
         identity = {
             "backend": repr(self),
-            "log_density": _stable_repr(log_density),
+            "log_density": stable_repr(log_density),
             "particles": list(theta.shape),
             "dtype": str(theta.dtype),
         }
@@ -489,10 +462,3 @@ class SVGD(Backend):
             },
         )
         return finish(posterior, outcome)
-
-
-def _stable_repr(value: object) -> str:
-    """``repr`` of a setting, a function or method by its qualified name instead."""
-    if isinstance(value, (types.FunctionType, types.MethodType, types.BuiltinFunctionType)):
-        return f"<{getattr(value, '__module__', '?')}.{value.__qualname__}>"
-    return repr(value)
