@@ -100,7 +100,7 @@ def test_engine_defaults_follow_the_engine():
 def test_bad_data_fails_before_any_work(monkeypatch):
     bnn, x, y = _regression()
     started = []
-    monkeypatch.setattr("bayesdl.inference.vi.vi.Driver.run", lambda *a, **k: started.append(1))
+    monkeypatch.setattr("bayesdl.inference.vi.vi.run", lambda *a, **k: started.append(1))
     x_bad = x.clone()
     x_bad[2, 0] = math.nan
     with pytest.raises(ValueError, match=r"^x:"):

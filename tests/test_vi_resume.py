@@ -113,3 +113,12 @@ def test_the_pyro_engine_refuses_checkpoints_naming_the_argument(argument, tmp_p
     path = os.path.join(tmp_path, "run.ckpt")
     with pytest.raises(ValueError, match=f"^{argument}: the Pyro engine"):
         _fit(VI(steps=2, draws=2, engine="pyro"), seed=0, **{argument: path})
+
+
+def test_the_recorded_settings_name_a_kl_schedule_without_its_address():
+    def warm_up(step: int, steps: int) -> float:
+        return min(1.0, (step + 1) / steps)
+
+    text = repr(VI(kl_anneal=warm_up))
+    assert f"kl_anneal={warm_up.__module__}.{warm_up.__qualname__}," in text
+    assert " at 0x" not in text

@@ -117,6 +117,7 @@ class VIAlgorithm(Algorithm[VIState]):
         )
 
     def step(self, state: VIState, stage: str, i: int) -> tuple[VIState, dict[str, Any]]:
+        self._to_device(state)
         stream = self._stream
         stream.cpu, stream.cuda = state.noise, list(state.noise_cuda)
         with stream:
@@ -125,9 +126,25 @@ class VIAlgorithm(Algorithm[VIState]):
         state.steps += 1
         return state, info
 
+    def _to_device(self, state: VIState) -> None:
+        """Move the guide of a State read from a checkpoint (on the CPU) to the BNN's device.
+
+        The optimiser's and scheduler's state dicts follow their parameters when loaded; the
+        random streams' states are CPU byte tensors wherever the run is.
+        """
+        device = self.problem.bnn.device
+        if state.loc.device == device:
+            return
+        state.loc, state.raw_scale = state.loc.to(device), state.raw_scale.to(device)
+        if state.mask is not None:
+            state.mask = state.mask.to(device)
+        if state.map_theta is not None:
+            state.map_theta = state.map_theta.to(device)
+
     # ------------------------------------------------------------------ results
     def family(self, state: VIState) -> MeanField:
         """The guide as it is in ``state`` (during the MAP stage: centred at the estimate)."""
+        self._to_device(state)  # a State resumed when already done took no step here
         if not state.started and state.map_theta is not None:
             return MeanField(state.map_theta.detach()[0], F.softplus(state.raw_scale.detach()))
         return MeanField.from_raw(state.loc, state.raw_scale, state.mask)

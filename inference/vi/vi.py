@@ -179,6 +179,17 @@ class VI(Backend):
         self.init_steps = check_count("init_steps", init_steps)
         self.lr_schedule = check_lr_schedule(lr_schedule)
 
+    def __repr__(self) -> str:
+        """The settings, as for every backend; a callable ``kl_anneal`` is shown by its
+        qualified name, not its address, so that the settings a checkpoint records match
+        those of the same fit in another process (``resume`` compares them)."""
+        text = super().__repr__()
+        if callable(self.kl_anneal):
+            fn = self.kl_anneal
+            name = getattr(fn, "__qualname__", type(fn).__qualname__)
+            text = text.replace(repr(fn), f"{getattr(fn, '__module__', '')}.{name}")
+        return text
+
     # ------------------------------------------------------------------ fit
     def fit(
         self,
