@@ -142,7 +142,12 @@ def read_checkpoint(path: object) -> dict[str, Any]:
     if not pathlib.Path(path).is_file():
         raise FileNotFoundError(f"resume: no checkpoint file at {os.fspath(path)!r}")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        try:  # tensors back on the device they were saved from
+            payload = torch.load(path, weights_only=True)
+        except RuntimeError as err:
+            if "cuda" not in str(err).lower():
+                raise
+            payload = torch.load(path, map_location="cpu", weights_only=True)  # no GPU here
     except Exception as err:  # torch.load fails in many ways on foreign or damaged files
         raise ValueError(
             f"resume: {os.fspath(path)!r} is not a readable bayesdl checkpoint "
