@@ -13,6 +13,7 @@ restores.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from ..compilation import skip_guard_checks
 from ..driver import Algorithm
 from ..state import state_record
 from .annealing import annealing
@@ -129,6 +131,11 @@ class SVGDRun(Algorithm[SVGDState]):
         )
         self.direction = SteinDirection.of(svgd)
         self.schedule = annealing(svgd.anneal, svgd.anneal_steps)
+
+    def guards(self) -> contextlib.AbstractContextManager[Any]:
+        """Where the run's steps go: with a compiled step, dynamo's guards are not re-checked
+        (:func:`~..compilation.skip_guard_checks`)."""
+        return skip_guard_checks() if self.compiled is not None else contextlib.nullcontext()
 
     def stages(self) -> list[tuple[str, int]]:
         return [("svgd", self.svgd.steps)]

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from bayesdl._checks import check_count, check_positive
 from bayesdl.likelihoods import Categorical
 from bayesdl.models import BNN
 
@@ -26,6 +27,7 @@ __all__ = [
     "check_combination",
     "check_density_run",
     "check_model",
+    "check_prior_score",
     "resolve_kernel",
     "scores_functions",
     "stable_repr",
@@ -119,6 +121,22 @@ def check_density_run(
         )
     if batch_size is not None:
         raise ValueError("batch_size: sample() runs on a log density, it has no data")
+
+
+def check_prior_score(
+    prior_score: object, prior_draws: object, ssge_eta: object, ssge_threshold: object
+) -> None:
+    """The functional prior's settings: ``"ssge"`` or a callable, at least 2 prior draws (or
+    ``None``), a positive ridge, a threshold in (0, 1] (or ``None``); errors name them."""
+    if not (prior_score == "ssge" or callable(prior_score)):
+        raise ValueError(f"prior_score: expected 'ssge' or a callable, got {prior_score!r}")
+    if prior_draws is not None:
+        check_count("prior_draws", prior_draws, minimum=2)
+    check_positive("ssge_eta", ssge_eta)
+    if ssge_threshold is not None:
+        check_positive("ssge_threshold", ssge_threshold)
+        if ssge_threshold > 1:  # type: ignore[operator]
+            raise ValueError(f"ssge_threshold: must lie in (0, 1], got {ssge_threshold}")
 
 
 def stable_repr(value: object) -> str:

@@ -17,7 +17,6 @@ and :mod:`.stein_kernels`.
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -31,7 +30,6 @@ from bayesdl.models import BNN
 from bayesdl.posterior import Posterior
 
 from ..base import Backend, Callback, finish
-from ..compilation import skip_guard_checks
 from ..driver import RunControl, RunResult, Seeds, identity_of, prepare, run
 from ..health import particle_problems, warn_all
 from ..optimizers import OptimizerSpec, check_optimizer, check_optimizer_kwargs, resolve_optimizer
@@ -46,6 +44,7 @@ from .settings import (
     check_combination,
     check_density_run,
     check_model,
+    check_prior_score,
     resolve_kernel,
     stable_repr,
     uses_functions,
@@ -265,16 +264,10 @@ class SVGD(Backend):
         )
         annealing(anneal, self.anneal_steps)  # checks anneal
         self.anneal = anneal
-        if not (prior_score == "ssge" or callable(prior_score)):
-            raise ValueError(f"prior_score: expected 'ssge' or a callable, got {prior_score!r}")
+        check_prior_score(prior_score, prior_draws, ssge_eta, ssge_threshold)
         self.prior_score = prior_score
         self.prior_draws = max(self.particles, 2) if prior_draws is None else prior_draws
-        check_count("prior_draws", self.prior_draws, minimum=2)
-        self.ssge_eta = check_positive("ssge_eta", ssge_eta)
-        if ssge_threshold is not None:
-            check_positive("ssge_threshold", ssge_threshold)
-            if ssge_threshold > 1:
-                raise ValueError(f"ssge_threshold: must lie in (0, 1], got {ssge_threshold}")
+        self.ssge_eta = float(ssge_eta)
         self.ssge_threshold = ssge_threshold
 
     def __repr__(self) -> str:
@@ -421,15 +414,9 @@ class SVGD(Backend):
         identity: Mapping[str, Any],
         batches: Any = None,
     ) -> RunResult:
-        guards = skip_guard_checks() if algorithm.compiled is not None else contextlib.nullcontext()
-        with torch.no_grad(), guards:
-            return run(
-                algorithm,
-                control,
-                desc=f"SVGD ({self.update}, {self.particles} particles)",
-                identity=identity,
-                batches=batches,
-            )
+        desc = f"SVGD ({self.update}, {self.particles} particles)"
+        with torch.no_grad(), algorithm.guards():
+            return run(algorithm, control, desc=desc, identity=identity, batches=batches)
 
     def _posterior(self, algorithm: SVGDRun, result: RunResult, bnn: BNN | None) -> Posterior:
         """The final particles as a Posterior, after the exploding-particles checks."""
