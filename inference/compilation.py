@@ -13,6 +13,16 @@ or models never fill up :mod:`torch._dynamo`'s per-function cache (whose overflo
 the step eagerly, without a word). When compilation fails (no C++ compiler, an operation that
 cannot be captured), the step runs eagerly after a warning that says why.
 
+**On a GPU** a step's cost is bound by kernel launches (some hundreds per leaf), whatever the
+number of chains. There :func:`compile_step` also captures the compiled step in a CUDA graph
+(inductor's ``triton.cudagraphs``, what ``mode="reduce-overhead"`` turns on): one replay
+launches all its kernels. The graph reads its inputs from static buffers (copied in at each
+call) and writes its outputs to memory the next replay reuses, so each call starts a new
+graph step (:func:`torch.compiler.cudagraph_mark_step_begin`) and returns copies of the
+outputs. A step captured this way must not write into its inputs in place (CUDA graphs would
+then be skipped): the samplers' leaves write their checkpoints out of place on a GPU
+(:func:`~bayesdl.inference.mcmc.trajectory.nuts_leaf`).
+
 Before each call of a compiled function, :mod:`torch._dynamo` checks its *guards* (for a BNN
 some two thousand: every attribute of the network, prior and likelihood that the step reads)
 to decide whether the graph still applies, which takes about as long as the rest of a 4-chain
@@ -24,13 +34,16 @@ therefore run their transitions inside :func:`skip_guard_checks`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import types
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pyro
 import torch
+
+from .state import map_tensors
 
 __all__ = ["compile_step", "skip_guard_checks"]
 
@@ -71,7 +84,17 @@ def compile_step(fn: Callable[..., Any]) -> Callable[..., Any]:
     fresh = types.FunctionType(
         fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__
     )
-    compiled = torch.compile(fresh, dynamic=False, options=_INDUCTOR_OPTIONS)
+    compiled_cpu = torch.compile(fresh, dynamic=False, options=_INDUCTOR_OPTIONS)
+    compiled_cuda = torch.compile(
+        fresh, dynamic=False, options={**_INDUCTOR_OPTIONS, "triton.cudagraphs": True}
+    )
+
+    def graphed(*args: Any) -> Any:
+        """The CUDA-graph step: a new graph step per call, outputs copied out of the graph's
+        memory (the next replay overwrites it)."""
+        torch.compiler.cudagraph_mark_step_begin()
+        return map_tensors(compiled_cuda(*args), torch.clone)
+
     runner: Callable[..., Any] | None = None  # the compiled step once it works, else fn
 
     def step(*args: Any) -> Any:
@@ -85,6 +108,7 @@ def compile_step(fn: Callable[..., Any]) -> Callable[..., Any]:
                         raise
                 with torch.compiler.set_stance("default"):  # a new graph, built with guards
                     return runner(*args)
+            compiled = graphed if _on_cuda(args) else compiled_cpu
             try:
                 with torch.compiler.set_stance("default"):  # guards are built, not skipped
                     out = compiled(*args)
@@ -106,3 +130,20 @@ def compile_step(fn: Callable[..., Any]) -> Callable[..., Any]:
             return out
 
     return step
+
+
+def _on_cuda(args: tuple[Any, ...]) -> bool:
+    """Whether a tensor among a step's arguments, or in their tuples and dataclass records (two
+    levels down), is on a GPU."""
+
+    def tensors(value: Any, depth: int) -> Iterator[torch.Tensor]:
+        if isinstance(value, torch.Tensor):
+            yield value
+        elif depth > 0 and isinstance(value, (tuple, list)):
+            for item in value:
+                yield from tensors(item, depth - 1)
+        elif depth > 0 and dataclasses.is_dataclass(value) and not isinstance(value, type):
+            for field in dataclasses.fields(value):
+                yield from tensors(getattr(value, field.name, None), depth - 1)
+
+    return any(t.is_cuda for t in tensors(list(args), 3))

@@ -177,7 +177,8 @@ def check_path(name: str, path: object) -> pathlib.Path | None:
 
 
 def map_tensors(value: Any, fn: Callable[[Tensor], Tensor]) -> Any:
-    """``value`` with ``fn`` applied to every tensor inside it (records, lists, dicts)."""
+    """``value`` with ``fn`` applied to every tensor inside it (records and other dataclasses,
+    lists, tuples and named tuples, dicts)."""
     if isinstance(value, Tensor):
         return fn(value)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
@@ -192,7 +193,8 @@ def map_tensors(value: Any, fn: Callable[[Tensor], Tensor]) -> Any:
     if isinstance(value, list):
         return [map_tensors(v, fn) for v in value]
     if isinstance(value, tuple):
-        return tuple(map_tensors(v, fn) for v in value)
+        items = [map_tensors(v, fn) for v in value]
+        return type(value)(*items) if hasattr(value, "_fields") else tuple(items)
     if isinstance(value, dict):
         return {k: map_tensors(v, fn) for k, v in value.items()}
     return value

@@ -20,8 +20,10 @@ from bayesdl import likelihoods, priors
 from bayesdl.inference import HMC, NUTS, compilation
 from bayesdl.inference.compilation import compile_step, skip_guard_checks
 from bayesdl.inference.gradients import functional_value_and_grad, value_and_grad
+from bayesdl.inference.mcmc import trajectory
 from bayesdl.inference.mcmc.integrators import IntegratorState
 from bayesdl.inference.mcmc.mass_matrix import Metric
+from bayesdl.inference.mcmc.nuts import CUDA_LEAVES_PER_CALL, leaves_per_call
 from bayesdl.inference.mcmc.trajectory import hmc_step, hmc_transition, nuts_leaves, nuts_transition
 from bayesdl.inference.rng import ChainRNG
 from bayesdl.models import BNN
@@ -104,9 +106,12 @@ def test_compiled_nuts_and_hmc_transitions_match_eager_ones():
         assert int(info_e.n_steps.max()) > 1  # the trees grew
 
 
-@pytest.mark.parametrize("per_call", [2, 4])
-def test_several_leaves_per_call_give_the_same_transitions(per_call):
-    """Leaves past a subtree's end or after every chain stopped change nothing."""
+@pytest.mark.parametrize("out_of_place", [False, True])
+@pytest.mark.parametrize("per_call", [2, 4, 8])
+def test_several_leaves_per_call_give_the_same_transitions(per_call, out_of_place, monkeypatch):
+    """Leaves past a subtree's end or after every chain stopped change nothing; nor does
+    writing the checkpoints out of place (as the CUDA-graph leaves do, 8 per call)."""
+    monkeypatch.setattr(trajectory, "OUT_OF_PLACE_CHECKPOINTS", out_of_place)
     log_density = _correlated_gaussian()
     log_density_and_grad = value_and_grad(log_density)
     step_size = torch.tensor([0.6, 0.42, 0.48], dtype=torch.float64)
@@ -133,6 +138,18 @@ def test_several_leaves_per_call_give_the_same_transitions(per_call):
         depths.append(info_one.tree_depth)
     steps, depths = torch.cat(steps), torch.cat(depths)
     assert bool((steps < 2**depths - 1).any())  # a subtree stopped part-way
+
+
+def test_leaves_per_call_on_a_gpu_are_the_ones_tested_above():
+    assert leaves_per_call(torch.device("cuda", 0)) == CUDA_LEAVES_PER_CALL == 8
+    assert leaves_per_call(torch.device("cpu")) == 2
+
+
+def test_cuda_graph_steps_are_chosen_by_the_device_of_the_arguments():
+    state, _ = _start(_correlated_gaussian(3), 2, 3)
+    assert not compilation._on_cuda((state, torch.zeros(2), 1.0))
+    meta = IntegratorState(*(torch.empty(2, 3, device="meta") for _ in range(4)))
+    assert not compilation._on_cuda((meta,))  # neither a CPU nor a CUDA tensor decides it
 
 
 @needs_compiler

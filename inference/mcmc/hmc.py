@@ -136,8 +136,9 @@ class HamiltonianBackend(Backend):
         self.compile = compile
 
     @abstractmethod
-    def _transition(self, for_bnn: bool) -> Transition:
-        """The bayesdl engine's transition for these settings (``for_bnn``: under ``fit``)."""
+    def _transition(self, for_bnn: bool, device: torch.device) -> Transition:
+        """The bayesdl engine's transition for these settings (``for_bnn``: under ``fit``) on
+        ``device``."""
 
     @abstractmethod
     def _pyro_kernel(self, model: Callable[..., Any], init_values: dict[str, Tensor]) -> Any:
@@ -273,7 +274,7 @@ class HamiltonianBackend(Backend):
     ) -> MCMCAlgorithm:
         """The bayesdl engine's algorithm for these settings."""
         return MCMCAlgorithm(
-            self._transition(for_bnn),
+            self._transition(for_bnn, init_theta.device),
             log_density,
             init_theta,
             seeds,
@@ -485,7 +486,7 @@ class HMC(HamiltonianBackend):
             return super()._caps(for_bnn)
         return {"max_tree_depth": None, "max_steps": self._max_steps(for_bnn)}
 
-    def _transition(self, for_bnn: bool) -> Transition:
+    def _transition(self, for_bnn: bool, device: torch.device) -> Transition:
         step = robust_step(compile_step(hmc_step), hmc_step) if self.compile else hmc_step
         max_steps = self._max_steps(for_bnn)
 

@@ -98,6 +98,19 @@ class _Subtree(NamedTuple):
     diverging: Tensor  # (C,) bool
 
 
+#: Whether compiled leaves write their checkpoints out of place: ``None`` (on a GPU only), or
+#: forced either way (the tests check on a CPU that both give the same draws).
+OUT_OF_PLACE_CHECKPOINTS: bool | None = None
+
+
+def out_of_place_checkpoints(buffer: Tensor) -> bool:
+    """Whether a compiled leaf writes into ``buffer`` out of place (see
+    :data:`OUT_OF_PLACE_CHECKPOINTS`)."""
+    if OUT_OF_PLACE_CHECKPOINTS is None:
+        return buffer.is_cuda
+    return OUT_OF_PLACE_CHECKPOINTS
+
+
 def nuts_leaf(
     sub: _Subtree,
     signed_step: Tensor,
@@ -112,8 +125,10 @@ def nuts_leaf(
     """Add one leaf to every chain's subtree: a leapfrog step and its bookkeeping.
 
     Writes the leaf's checkpoint into ``sub.ckpt_velocity`` and ``sub.ckpt_rho`` in place (one
-    slot: rewriting the whole buffers at every leaf would cost more than the rest of the
-    bookkeeping together); everything else is returned.
+    slot: on a CPU, rewriting the whole buffers at every leaf would cost more than the rest of
+    the bookkeeping together); on a GPU, in a compiled step, out of place (a CUDA graph may not
+    write into its inputs, and the copy is one fused kernel:
+    :func:`out_of_place_checkpoints`). The returned subtree holds the buffers written.
 
     Parameters
     ----------
@@ -150,22 +165,29 @@ def nuts_leaf(
     log_weight = torch.logaddexp(sub.log_weight, log_w)
     take = u_leaf < torch.exp(log_w - log_weight)
     proposal = _select(take, (edge.position, edge.log_density, edge.grad, energy), sub.proposal)
+    ckpt_velocity, ckpt_rho = sub.ckpt_velocity, sub.ckpt_rho
     if isinstance(slot, Tensor):
-        sub.ckpt_velocity.index_copy_(0, slot, velocity.unsqueeze(0))
-        sub.ckpt_rho.index_copy_(0, slot, sub.rho.unsqueeze(0))
+        if out_of_place_checkpoints(ckpt_velocity):  # a CUDA graph: no input written in place
+            ckpt_velocity = ckpt_velocity.index_copy(0, slot, velocity.unsqueeze(0))
+            ckpt_rho = ckpt_rho.index_copy(0, slot, sub.rho.unsqueeze(0))
+        else:
+            ckpt_velocity.index_copy_(0, slot, velocity.unsqueeze(0))
+            ckpt_rho.index_copy_(0, slot, sub.rho.unsqueeze(0))
     elif slot is not None:
-        sub.ckpt_velocity[slot] = velocity
-        sub.ckpt_rho[slot] = sub.rho
+        ckpt_velocity[slot] = velocity
+        ckpt_rho[slot] = sub.rho
     rho = sub.rho + edge.momentum
     stop = ~(delta <= divergence_threshold)  # diverging
     div = stop
     if closes is not None:
         if isinstance(closes, Tensor):
-            ckpt_velocity, ckpt_rho = sub.ckpt_velocity, sub.ckpt_rho
+            closing_velocity, closing_rho = ckpt_velocity, ckpt_rho
         else:
-            ckpt_velocity, ckpt_rho = sub.ckpt_velocity[closes], sub.ckpt_rho[closes]
-        block_rho = rho - ckpt_rho
-        turns = ((ckpt_velocity * block_rho).sum(-1) <= 0) | ((velocity * block_rho).sum(-1) <= 0)
+            closing_velocity, closing_rho = ckpt_velocity[closes], ckpt_rho[closes]
+        block_rho = rho - closing_rho
+        turns = ((closing_velocity * block_rho).sum(-1) <= 0) | (
+            (velocity * block_rho).sum(-1) <= 0
+        )
         if isinstance(closes, Tensor):
             turns = turns & closes[:, None]
         stop = stop | turns.any(0)
@@ -175,8 +197,8 @@ def nuts_leaf(
         log_weight=log_weight,
         proposal=proposal,
         rho=rho,
-        ckpt_velocity=sub.ckpt_velocity,
-        ckpt_rho=sub.ckpt_rho,
+        ckpt_velocity=ckpt_velocity,
+        ckpt_rho=ckpt_rho,
         accept_sum=sub.accept_sum + accept,
         n_steps=sub.n_steps + building,
         diverging=sub.diverging | (building & div),
