@@ -14,6 +14,19 @@ is reported separately, as a diagnostic. Also measured: the cost of one vectoris
     python benchmarks/hmc_vs_peers.py --datasets diabetes --chains 1 4 16 64 --draws 150
     python benchmarks/hmc_vs_peers.py --samplers numpyro --numpyro-chains 64   # one contender
     python benchmarks/hmc_vs_peers.py --samplers bayesdl-compile numpyro       # NUTS(compile=True)
+    python benchmarks/hmc_vs_peers.py --device cuda --datasets diabetes --max-tree-depth 6 \
+        --plan bayesdl-compile:64 numpyro:64 bayesdl:64 --budget-seconds 400   # on a GPU
+
+On a GPU (``--device cuda``) the BNN, the data and every chain live on the GPU; NumPyro runs on
+the same card (its default device; ``XLA_PYTHON_CLIENT_PREALLOCATE=false`` so that both fit).
+``bayesdl-compile`` then captures its leaves in CUDA graphs (``NUTS(compile=True)``); each of
+its rows records the compiled graphs and CUDA-graph recordings made after the first transition
+(``graphs_after_first``, which must be 0) and dynamo's and inductor's counters. The
+gradient-cost rows add the *CUDA-graph limit*: one vectorised gradient of the log joint
+captured in a CUDA graph and replayed, the floor under any sampler's cost per chain-gradient.
+``--plan sampler:chains ...`` runs contenders in that order (the most important first) and
+``--budget-seconds`` skips the rest once the time is spent; results are written after every
+row, so a run cut short keeps what it measured.
 
 NumPyro runs only when installed (``pip install -e .[bench]``). The figures, commands and
 machine of the published runs are in ``benchmarks/RESULTS.md``.
@@ -22,8 +35,10 @@ machine of the published runs are in ``benchmarks/RESULTS.md``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
+import os
 import platform
 import statistics
 import time
@@ -77,19 +92,34 @@ class Row:
         }
 
 
-def load(name: str) -> bayesdl.data.Dataset:
-    return (
+def load(name: str, device: str = "cpu") -> bayesdl.data.Dataset:
+    """The data set, with its tensors on ``device``."""
+    data = (
         bayesdl.data.uci(name[4:], split=0)
         if name.startswith("uci:")
         else bayesdl.data.load(name, seed=0)
     )
+    moved = {k: getattr(data, k).to(device) for k in ("x_train", "y_train", "x_test", "y_test")}
+    return dataclasses.replace(data, **moved)
 
 
-def make_bnn(in_features: int) -> BNN:
+def make_bnn(in_features: int, device: str = "cpu") -> BNN:
     torch.manual_seed(0)
-    return BNN(
-        MLP(in_features, [HIDDEN], 1, "tanh"), priors.Gaussian(1.0), likelihoods.Gaussian(NOISE)
-    )
+    net = MLP(in_features, [HIDDEN], 1, "tanh").to(device)
+    return BNN(net, priors.Gaussian(1.0), likelihoods.Gaussian(NOISE))
+
+
+def synchronize() -> None:
+    """Wait for the GPU's queued work (timings of asynchronous launches)."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def compile_counters() -> dict:
+    """Dynamo's and inductor's counters (graphs compiled, CUDA graphs recorded or skipped)."""
+    from torch._dynamo.utils import counters
+
+    return {group: dict(values) for group, values in counters.items() if values}
 
 
 def function_space_quality(f_probe: np.ndarray) -> tuple[float, float, float]:
@@ -116,24 +146,38 @@ def score(bnn: BNN, theta: torch.Tensor, data) -> tuple[float, float, np.ndarray
 
 class GradientCounter:
     """Callback summing the leapfrog steps (chain-gradients) of every iteration, warmup included;
-    also the time of the first iteration's end (which includes any compilation)."""
+    also the time of the first iteration's end (which includes any compilation) and the
+    compile counters then."""
 
     def __init__(self) -> None:
         self.total = 0
         self.first_done: float | None = None
+        self.counters_after_first: dict = {}
 
     def __call__(self, event) -> None:
         self.total += int(sum(int(n) for n in event.info["n_steps"]))
         if self.first_done is None:
+            synchronize()
             self.first_done = time.perf_counter()
+            self.counters_after_first = compile_counters()
+
+
+def _graphs(counters: dict) -> int:
+    """Graphs compiled and CUDA graphs recorded, as counted by dynamo and inductor."""
+    stats, inductor = counters.get("stats", {}), counters.get("inductor", {})
+    recorded = sum(v for k, v in inductor.items() if "cudagraph" in k and "record" in k)
+    return int(stats.get("unique_graphs", 0)) + int(recorded)
 
 
 def run_bayesdl(bnn, data, chains, warmup, draws, depth, compile: bool = False) -> Row:
     counter = GradientCounter()
+    synchronize()
     start = time.perf_counter()
     nuts = NUTS(chains=chains, warmup=warmup, draws=draws, max_tree_depth=depth, compile=compile)
     post = nuts.fit(bnn, data.x_train, data.y_train, seed=0, progress=False, callbacks=[counter])
+    synchronize()
     seconds = time.perf_counter() - start
+    counters = compile_counters()
     grads = counter.total
     rmse, nll, f = score(bnn, post.theta, data)
     ess_min, ess_med, rhat = function_space_quality(f)
@@ -155,6 +199,9 @@ def run_bayesdl(bnn, data, chains, warmup, draws, depth, compile: bool = False) 
             "mean_tree_depth": round(mean_depth, 2),
             "lockstep_efficiency": round(efficiency, 3),
             "first_iteration_s": round(counter.first_done - start, 2),
+            "graphs_after_first": _graphs(counters) - _graphs(counter.counters_after_first),
+            "compile_counters": counters,
+            "device": str(bnn.device),
         },
     )
 
@@ -193,8 +240,8 @@ def run_numpyro(bnn, data, chains, warmup, draws, depth) -> Row | None:
     except ImportError:
         return None
     jax.config.update("jax_enable_x64", False)
-    x = jnp.asarray(data.x_train.numpy())
-    y = jnp.asarray(data.y_train.numpy())
+    x = jnp.asarray(data.x_train.cpu().numpy())
+    y = jnp.asarray(data.y_train.cpu().numpy())
     d = x.shape[1]
 
     def model(x, y=None):
@@ -243,7 +290,7 @@ def run_numpyro(bnn, data, chains, warmup, draws, depth) -> Row | None:
         rhat,
         rmse,
         nll,
-        {"numpyro": numpyro.__version__},
+        {"numpyro": numpyro.__version__, "device": str(jax.devices()[0])},
     )
 
 
@@ -270,9 +317,11 @@ def gradient_cost(bnn: BNN, data, chains: int, repeats: int = 50) -> dict:
             f()
         runs = []
         for _ in range(5):
+            synchronize()
             t = time.perf_counter()
             for _ in range(repeats):
                 f()
+            synchronize()
             runs.append((time.perf_counter() - t) / repeats * 1e6)
         return statistics.median(runs)
 
@@ -280,45 +329,109 @@ def gradient_cost(bnn: BNN, data, chains: int, repeats: int = 50) -> dict:
     step_us = timed(lambda: leapfrog(state, eps, metric, log_density_and_grad))
     with skip_guard_checks():  # as the samplers call their compiled steps
         compiled_us = timed(lambda: compiled(theta, functional))
-    return {
+    row = {
         "chains": chains,
         "gradient_us": round(grad_us, 1),
         "compiled_gradient_us": round(compiled_us, 1),
         "leapfrog_us": round(step_us, 1),
         "leapfrog_over_gradient": round(step_us / grad_us, 3),
     }
+    if theta.is_cuda:
+        replay = captured_gradient(functional, theta)
+        graph_us = timed(replay)
+        row["cuda_graph_gradient_us"] = round(graph_us, 1)
+        row["cuda_graph_chain_gradients_per_s"] = round(chains / graph_us * 1e6, 1)
+    return row
 
 
-def run_dataset(name: str, args: argparse.Namespace) -> dict:
-    """Every chosen contender on one data set; rows are printed as they finish."""
-    data = load(name)
-    bnn = make_bnn(data.in_features)
+def captured_gradient(functional: Callable, theta: torch.Tensor) -> Callable[[], object]:
+    """One vectorised gradient of the log joint captured in a CUDA graph: its replay, the
+    floor under a sampler's cost per chain-gradient (no Python, no launches but one)."""
+    import pyro
+
+    static = theta.clone()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with pyro.validation_enabled(False), torch.cuda.stream(stream):
+        for _ in range(3):  # warm up outside the capture (allocations, lazy initialisation)
+            functional(static)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with pyro.validation_enabled(False), torch.cuda.graph(graph):
+        functional(static)
+    return graph.replay
+
+
+def run_dataset(name: str, args: argparse.Namespace, report: dict) -> dict:
+    """Every chosen contender on one data set; rows are printed and written as they finish."""
+    data = load(name, args.device)
+    bnn = make_bnn(data.in_features, args.device)
     depth, warmup, draws = args.max_tree_depth, args.warmup, args.draws
-    ours = {"bayesdl", "bayesdl-compile"} & set(args.samplers)
-    costs = [gradient_cost(bnn, data, c) for c in args.chains] if ours else []
-    results = []
+    plan = args.plan or default_plan(args)
+    ours = any(sampler.startswith("bayesdl") for sampler, _ in plan)
+    results: dict = {"gradient_cost": [], "samplers": [], "skipped": []}
+    report["datasets"][name] = results
+    deadline = time.perf_counter() + args.budget_seconds
 
     def record(row: dict) -> None:
-        results.append(row)
+        results["samplers"].append(row)
         print(name, row, flush=True)
+        write(report, args.out)
 
+    if ours:
+        for c in args.cost_chains or sorted({c for _, c in plan}):
+            results["gradient_cost"].append(gradient_cost(bnn, data, c))
+            print(name, results["gradient_cost"][-1], flush=True)
+            write(report, args.out)
+    for sampler, c in plan:
+        if time.perf_counter() > deadline:
+            results["skipped"].append(f"{sampler}:{c}")
+            continue
+        try:
+            if sampler in ("bayesdl", "bayesdl-compile"):
+                compile = sampler == "bayesdl-compile"
+                record(run_bayesdl(bnn, data, c, warmup, draws, depth, compile).as_dict())
+            elif sampler == "numpyro":
+                row = run_numpyro(bnn, data, c, warmup, draws, depth)
+                if row is not None:
+                    record(row.as_dict())
+            elif sampler == "pyro":
+                record(run_pyro(bnn, data, c, warmup, draws, depth, jit=True).as_dict())
+            elif sampler == "pyro-nojit":
+                n = args.nojit_iterations
+                row = run_pyro(bnn, data, 1, n, n, depth, jit=False).as_dict()
+                record({**row, "note": f"{n}+{n} iterations"})
+        except Exception as error:  # a failed contender is recorded; the others still run
+            record({"sampler": sampler, "chains": c, "error": f"{type(error).__name__}: {error}"})
+    return results
+
+
+def default_plan(args: argparse.Namespace) -> list[tuple[str, int]]:
+    """Without ``--plan``: each chosen sampler at its chain counts, in the order of SAMPLERS."""
+    plan = []
     for sampler in ("bayesdl", "bayesdl-compile"):
         if sampler in args.samplers:
-            compile = sampler == "bayesdl-compile"
-            for c in args.chains:
-                record(run_bayesdl(bnn, data, c, warmup, draws, depth, compile).as_dict())
+            plan += [(sampler, c) for c in args.chains]
     if "numpyro" in args.samplers:
-        for c in args.numpyro_chains:
-            row = run_numpyro(bnn, data, c, warmup, draws, depth)
-            if row is not None:
-                record(row.as_dict())
+        plan += [("numpyro", c) for c in args.numpyro_chains]
     if "pyro" in args.samplers:
-        record(run_pyro(bnn, data, args.pyro_chains, warmup, draws, depth, jit=True).as_dict())
+        plan.append(("pyro", args.pyro_chains))
     if "pyro-nojit" in args.samplers:
-        n = args.nojit_iterations
-        row = run_pyro(bnn, data, 1, n, n, depth, jit=False).as_dict()
-        record({**row, "note": f"{n}+{n} iterations"})
-    return {"gradient_cost": costs, "samplers": results}
+        plan.append(("pyro-nojit", 1))
+    return plan
+
+
+def plan_entry(text: str) -> tuple[str, int]:
+    """``sampler:chains`` from the command line."""
+    sampler, _, chains = text.partition(":")
+    if sampler not in SAMPLERS or not chains.isdigit():
+        raise argparse.ArgumentTypeError(f"expected sampler:chains with a sampler in {SAMPLERS}")
+    return sampler, int(chains)
+
+
+def write(report: dict, path: str) -> None:
+    with open(path, "w") as fh:
+        json.dump(report, fh, indent=2)
 
 
 def main() -> None:
@@ -343,17 +456,36 @@ def main() -> None:
         "--nojit-iterations", type=int, default=20, help="warmup = draws for Pyro without jit"
     )
     parser.add_argument("--out", default="benchmarks/results/hmc_vs_peers.json")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument(
+        "--plan",
+        nargs="+",
+        type=plan_entry,
+        help="sampler:chains contenders in this order (instead of --samplers/--chains)",
+    )
+    parser.add_argument(
+        "--cost-chains", nargs="+", type=int, help="chain counts of the gradient-cost rows"
+    )
+    parser.add_argument(
+        "--budget-seconds",
+        type=float,
+        default=math.inf,
+        help="start no contender after this many seconds (the rest are listed as skipped)",
+    )
     args = parser.parse_args()
+    machine = f"{platform.machine()}, {torch.get_num_threads()} torch threads"
+    if args.device.startswith("cuda"):
+        machine += f", {torch.cuda.get_device_name()}"
     report = {
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
+        "machine": machine,
         "torch": torch.__version__,
-        "settings": vars(args),
+        "settings": {**vars(args), "plan": [f"{s}:{c}" for s, c in args.plan or []]},
+        "environment": {k: os.environ.get(k, "") for k in ("XLA_PYTHON_CLIENT_PREALLOCATE",)},
         "datasets": {},
     }
     for name in args.datasets:
-        report["datasets"][name] = run_dataset(name, args)
-    with open(args.out, "w") as fh:
-        json.dump(report, fh, indent=2)
+        run_dataset(name, args, report)
+    write(report, args.out)
     print(json.dumps(report, indent=2))
 
 
