@@ -21,6 +21,12 @@ step runs with the State's stream swapped in (:class:`bayesdl._seeding.PrivateSt
 caller's random state is untouched and the stream continues from step to step and across a
 resume.
 
+**Over several processes** (:mod:`.data_parallel`): each step evaluates this process's share
+of the minibatch (:class:`~.data_parallel.DataShare`), weighted so that the sum over processes
+is the one-process estimate; the ELBO (or log joint) and the gradients are summed over the
+processes before the optimiser step, so every process keeps the same guide. The values that
+decide a non-finite step are the sums, the same on every process.
+
 The Pyro engine's guide lives in a Pyro autoguide, which the algorithm keeps for the run; the
 State mirrors its means and scales after each step, but a Pyro run cannot be resumed
 (:meth:`~.vi.VI.fit` refuses ``checkpoint`` and ``resume`` with ``engine="pyro"``).
@@ -39,7 +45,9 @@ from bayesdl._seeding import PrivateStream
 
 from ..base import Minibatches
 from ..driver import Algorithm, Problem
+from ..loaders import LoaderBatches
 from ..optimizers import make_optimizer
+from .data_parallel import DataShare
 from .elbo import FunctionalELBO
 from .guides import MeanField
 from .optim import kl_weight, make_lr_scheduler
@@ -79,21 +87,25 @@ class VIAlgorithm(Algorithm[VIState]):
         The child seeds of the fit (:mod:`.records`).
     raw_scale
         The initial guide's :math:`\\rho` ``(D,)``.
+    share
+        How the minibatches are shared over processes (default: one process).
     """
 
     def __init__(
         self,
         vi: VI,
         problem: Problem,
-        batches: Minibatches,
+        batches: Minibatches | LoaderBatches,
         streams: list[int],
         raw_scale: Tensor,
+        share: DataShare | None = None,
     ) -> None:
         self.vi = vi
         self.problem = problem
         self.batches = batches
         self.streams = streams
         self.raw_scale = raw_scale
+        self.share = DataShare(None, False) if share is None else share
         self._elbo: FunctionalELBO | None = None
         self._live: _Live | None = None
         # the vehicle of the State's noise stream (its own seed is never used)
@@ -172,16 +184,21 @@ class VIAlgorithm(Algorithm[VIState]):
             state.map_theta = state.loc.detach().clone()[None]
         live = self._map_live(state)
         theta = state.map_theta
-        x, y = next(self.batches)
+        shard = self.share.split(*next(self.batches))
         bnn = self.problem.bnn
-        log_joint = bnn.log_joint_fn(x, y, self.problem.num_data, validate=False)(theta)[0]
-        if not torch.isfinite(log_joint):
-            return {"finite": False, "log_joint": float(log_joint.detach())}
+        log_joint_fn = bnn.log_joint_fn(shard.x, shard.y, self.problem.num_data, validate=False)
+        log_joint = log_joint_fn(theta)[0]
+        if self.share.group is not None:  # this process's share of the estimate
+            log_joint = shard.weight * log_joint
+        total = self.share.total(log_joint.detach())
+        if not torch.isfinite(total):
+            return {"finite": False, "log_joint": float(total)}
         live.optimizer.zero_grad(set_to_none=True)
         (-log_joint).backward()
+        self.share.reduce_gradients([theta])
         live.optimizer.step()
         state.optimizer = live.optimizer.state_dict()
-        value = float(log_joint.detach())
+        value = float(total)
         return {"log_joint": value, "postfix": {"log_joint": f"{value:.4g}"}}
 
     def _map_live(self, state: VIState) -> _Live:
@@ -198,17 +215,24 @@ class VIAlgorithm(Algorithm[VIState]):
     # ------------------------------------------------------------------ fit stage
     def _fit_step(self, state: VIState, i: int) -> dict[str, Any]:
         vi = self.vi
-        x, y = next(self.batches)
+        shard = self.share.split(*next(self.batches))
         if not state.started:
             self._start(state)
-        live = self._fit_live(state, x, y)
+        live = self._fit_live(state, shard.x, shard.y)
         beta = kl_weight(vi.kl_anneal, i, vi.steps)
         live.optimizer.zero_grad(set_to_none=True)
-        loss, info = live.trainer.loss(x, y, beta, i)
-        if not torch.isfinite(loss):
+        loss, info = live.trainer.loss(shard.x, shard.y, beta, i, shard.rows)
+        total = loss.detach()
+        if self.share.group is not None:  # this process's share; the sums decide and report
+            loss = shard.weight * loss
+            parts = torch.stack([loss.detach(), loss.new_tensor(shard.weight * info["elbo"])])
+            sums = self.share.total(parts)
+            total, info = sums[0], {**info, "elbo": float(sums[1])}
+        if not torch.isfinite(total):
             return {"finite": False, **info}
         loss.backward()
         params = live.trainer.parameters()
+        self.share.reduce_gradients(params)
         if not all(bool(torch.isfinite(p.grad).all()) for p in params if p.grad is not None):
             return {"finite": False, **info}
         live.optimizer.step()
@@ -238,7 +262,9 @@ class VIAlgorithm(Algorithm[VIState]):
             pyro = PyroTrainer(problem.bnn, family, x, y, problem.num_data, vi.num_particles)
             trainer: Any = PyroAdapter(pyro)
         else:
-            trainer = vi.make_trainer(problem.bnn, family, self.elbo(), problem.num_data, state)
+            trainer = vi.make_trainer(
+                problem.bnn, family, self.elbo(), problem.num_data, state, self.share
+            )
         optimizer = make_optimizer(vi.optimizer, trainer.parameters(), vi.lr)
         scheduler = make_lr_scheduler(vi.lr_schedule, optimizer, vi.steps)
         if state.optimizer is not None:

@@ -53,7 +53,7 @@ from bayesdl.functional import SiteSpec
 from .closed_form import LOG_2PI, expected_log_prob, has_closed_form, static_prior_terms
 from .guides import MeanField
 from .linear_layers import probe_linear_layers
-from .local_reparam import LayerNoise, local_reparameterization, reparameterizable
+from .local_reparam import LayerNoise, RowBlock, local_reparameterization, reparameterizable
 
 if TYPE_CHECKING:  # pragma: no cover
     from bayesdl.models import BNN
@@ -175,7 +175,12 @@ class FunctionalELBO:
         return bool(self.lrt_layers)
 
     def _forward(
-        self, loc: Tensor, scale: Tensor, draws: Mapping[str, Tensor], x: Tensor
+        self,
+        loc: Tensor,
+        scale: Tensor,
+        draws: Mapping[str, Tensor],
+        x: Tensor,
+        rows: RowBlock | None,
     ) -> Tensor:
         """Network outputs ``(P, N, out)`` with LRT layers and per-particle draws elsewhere."""
         P = self.num_particles
@@ -194,7 +199,7 @@ class FunctionalELBO:
             noise[layer.module] = LayerNoise(std_w, std_b)
         net = self.bnn.net
         base = {**self.fixed, **means}
-        with local_reparameterization(net, noise):
+        with local_reparameterization(net, noise, rows):
             if not self.per_particle:
                 tiled = x.repeat(P, *([1] * (x.dim() - 1))) if P > 1 else x
                 f = torch.func.functional_call(net, base, (tiled,))
@@ -215,13 +220,25 @@ class FunctionalELBO:
         y: Tensor,
         num_data: int,
         beta: float = 1.0,
+        rows: RowBlock | None = None,
     ) -> ElboEstimate:
-        """Estimate the ELBO on the minibatch ``(x, y)`` of a data set of ``num_data``."""
+        """Estimate the ELBO on the minibatch ``(x, y)`` of a data set of ``num_data``.
+
+        ``rows``: in a run shared over processes, where ``(x, y)`` lies in the global
+        minibatch (the per-example noise of the local reparameterisation is that of those
+        rows; :mod:`.data_parallel`). The likelihood is scaled by ``num_data / len(x)``.
+        """
         with pyro.validation_enabled(False):
-            return self._estimate(family, x, y, num_data, beta)
+            return self._estimate(family, x, y, num_data, beta, rows)
 
     def _estimate(
-        self, family: MeanField, x: Tensor, y: Tensor, num_data: int, beta: float
+        self,
+        family: MeanField,
+        x: Tensor,
+        y: Tensor,
+        num_data: int,
+        beta: float,
+        rows: RowBlock | None,
     ) -> ElboEstimate:
         P = self.num_particles
         loc, scale = family.loc, family.scale()
@@ -246,7 +263,7 @@ class FunctionalELBO:
                 value = constrained
             draws[site.name] = value
 
-        f = self._forward(loc_used, scale_used, draws, x)
+        f = self._forward(loc_used, scale_used, draws, x, rows)
         likelihood = self.bnn.likelihood
         latents = {name: draws[name] for name in likelihood.latent_sites()}
         log_lik = likelihood.log_prob(f, y, latents).sum(-1) * (num_data / x.shape[0])

@@ -20,6 +20,10 @@ correlation between examples from the gradient estimator, which lowers its varia
 :func:`local_reparameterization` installs this on selected layers of a network for the duration
 of a forward pass: the network runs with the weight *means* as its parameters, and a forward
 hook on each selected layer adds the noise to its output.
+
+In a run shared over processes (:mod:`.data_parallel`) a process holds a block of the rows of
+a global minibatch (:class:`RowBlock`): it draws the noise of every row of the global
+minibatch and keeps its block's, so each example gets the noise it gets in one process.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from bayesdl.functional import SiteSpec
 
 from .linear_layers import LinearLayer
 
-__all__ = ["LayerNoise", "local_reparameterization", "reparameterizable"]
+__all__ = ["LayerNoise", "RowBlock", "local_reparameterization", "reparameterizable"]
 
 _CONVS = {nn.Conv1d: F.conv1d, nn.Conv2d: F.conv2d, nn.Conv3d: F.conv3d}
 
@@ -47,6 +51,37 @@ class LayerNoise:
 
     weight: Tensor
     bias: Tensor | None
+
+
+@dataclass(frozen=True)
+class RowBlock:
+    """This process's rows ``[start, stop)`` of a global minibatch of ``total`` rows."""
+
+    start: int
+    stop: int
+    total: int
+
+    def standard_normal(
+        self, shape: Sequence[int], dtype: torch.dtype, device: torch.device
+    ) -> Tensor:
+        """Noise of ``shape`` for this block's rows: ``shape[0]`` is ``tiles`` copies of the
+        block's rows (particles stacked along the rows), and the draw is the global
+        minibatch's ``(tiles, total, *shape[1:])``, of which the block's rows are kept."""
+        count = self.stop - self.start
+        tiles, rest = divmod(shape[0], count)
+        if rest:
+            raise ValueError(f"shape: {shape[0]} rows are not copies of a block of {count}")
+        full = torch.randn(tiles, self.total, *shape[1:], dtype=dtype, device=device)
+        return full[:, self.start : self.stop].reshape(*shape)
+
+
+def _standard_normal(
+    shape: Sequence[int], dtype: torch.dtype, device: torch.device, rows: RowBlock | None
+) -> Tensor:
+    """``torch.randn(shape)``, or a block's rows of the global draw (:class:`RowBlock`)."""
+    if rows is None:
+        return torch.randn(*shape, dtype=dtype, device=device)
+    return rows.standard_normal(shape, dtype, device)
 
 
 def reparameterizable(
@@ -74,20 +109,20 @@ def reparameterizable(
     return chosen
 
 
-def _linear_noise(x: Tensor, noise: LayerNoise, like: Tensor) -> Tensor:
+def _linear_noise(x: Tensor, noise: LayerNoise, like: Tensor, rows: RowBlock | None) -> Tensor:
     """Pre-activation noise of a Linear layer: ``sqrt(x^2 S^2 + s^2) * eps``."""
     var_b = None if noise.bias is None else noise.bias.square()
     var = F.linear(x * x, noise.weight.square(), var_b)
     # clamp: a finite gradient where the variance is exactly zero (masked weights)
     std = var.clamp_min(torch.finfo(var.dtype).tiny).sqrt()
-    return std * torch.randn_like(like)
+    return std * _standard_normal(like.shape, like.dtype, like.device, rows)
 
 
-def _conv_noise(module: nn.Module, x: Tensor, noise: LayerNoise) -> Tensor:
+def _conv_noise(module: nn.Module, x: Tensor, noise: LayerNoise, rows: RowBlock | None) -> Tensor:
     """Output noise of a convolution with an independent filter perturbation per example."""
     n = x.shape[0]
     out_channels = noise.weight.shape[0]
-    eps = torch.randn(n, *noise.weight.shape, dtype=x.dtype, device=x.device)
+    eps = _standard_normal((n, *noise.weight.shape), x.dtype, x.device, rows)
     filters = (noise.weight * eps).reshape(n * out_channels, *noise.weight.shape[1:])
     grouped = x.reshape(1, n * x.shape[1], *x.shape[2:])
     out = _CONVS[type(module)](
@@ -101,13 +136,15 @@ def _conv_noise(module: nn.Module, x: Tensor, noise: LayerNoise) -> Tensor:
     )
     out = out.reshape(n, out_channels, *out.shape[2:])
     if noise.bias is not None:
-        bias = noise.bias * torch.randn(n, out_channels, dtype=x.dtype, device=x.device)
+        bias = noise.bias * _standard_normal((n, out_channels), x.dtype, x.device, rows)
         out = out + bias.reshape(n, out_channels, *([1] * (out.dim() - 2)))
     return out
 
 
 @contextlib.contextmanager
-def local_reparameterization(net: nn.Module, noise: Mapping[str, LayerNoise]) -> Iterator[None]:
+def local_reparameterization(
+    net: nn.Module, noise: Mapping[str, LayerNoise], rows: RowBlock | None = None
+) -> Iterator[None]:
     """Within the block, add per-example weight noise to the named layers of ``net``.
 
     Parameters
@@ -117,6 +154,9 @@ def local_reparameterization(net: nn.Module, noise: Mapping[str, LayerNoise]) ->
         parameters of the named layers.
     noise
         ``{module name: LayerNoise}``: the standard deviations of each layer's weights and bias.
+    rows
+        The block of a global minibatch the inputs are, in a run shared over processes (the
+        noise of those rows in the global draw); ``None``: the inputs are the whole minibatch.
 
     Notes
     -----
@@ -129,8 +169,8 @@ def local_reparameterization(net: nn.Module, noise: Mapping[str, LayerNoise]) ->
     def hook_for(layer_noise: LayerNoise):
         def hook(module: nn.Module, args: tuple, output: Tensor) -> Tensor:
             if type(module) is nn.Linear:
-                return output + _linear_noise(args[0], layer_noise, output)
-            return output + _conv_noise(module, args[0], layer_noise)
+                return output + _linear_noise(args[0], layer_noise, output, rows)
+            return output + _conv_noise(module, args[0], layer_noise, rows)
 
         return hook
 

@@ -16,6 +16,7 @@ from torch import Tensor
 
 from .elbo import ElboEstimate, FunctionalELBO
 from .guides import MeanField
+from .local_reparam import RowBlock
 from .pyro_engine import PyroTrainer
 
 __all__ = ["FunctionalTrainer", "PyroAdapter"]
@@ -43,10 +44,13 @@ class FunctionalTrainer:
     def parameters(self) -> list[Tensor]:
         return self.guide.parameters()
 
-    def loss(self, x: Tensor, y: Tensor, beta: float, step: int) -> tuple[Tensor, dict[str, Any]]:
+    def loss(
+        self, x: Tensor, y: Tensor, beta: float, step: int, rows: RowBlock | None = None
+    ) -> tuple[Tensor, dict[str, Any]]:
         r""":math:`-(\lambda_\ell\,\mathbb E[\log\text{lik}] - \beta\,\mathrm{KL}_T)` at
-        ``(x, y)``, and the step's ``elbo`` and ``kl`` estimates."""
-        estimate = self.elbo(self.guide, x, y, self.num_data, beta)
+        ``(x, y)``, and the step's ``elbo`` and ``kl`` estimates (``rows``: where ``(x, y)``
+        lies in the global minibatch of a run shared over processes, :mod:`.data_parallel`)."""
+        estimate = self.elbo(self.guide, x, y, self.num_data, beta, rows)
         self.last = estimate
         objective = estimate.objective
         return -objective, {"elbo": float(objective.detach()), "kl": estimate.kl}
@@ -72,7 +76,11 @@ class PyroAdapter:
     def parameters(self) -> list[Tensor]:
         return self.trainer.parameters()
 
-    def loss(self, x: Tensor, y: Tensor, beta: float, step: int) -> tuple[Tensor, dict[str, Any]]:
+    def loss(
+        self, x: Tensor, y: Tensor, beta: float, step: int, rows: RowBlock | None = None
+    ) -> tuple[Tensor, dict[str, Any]]:
+        if rows is not None:
+            raise ValueError("distributed: the Pyro engine runs in one process only")
         loss, objective = self.trainer.loss(x, y, beta)
         return loss, {"elbo": objective}
 

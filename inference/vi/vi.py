@@ -22,6 +22,14 @@ Where the result lives
   step (with the KL weighted by the annealing weight of that step). It is not a
   ``sample_stats`` entry because those are per draw, and the trace is per step.
 
+Data and processes
+------------------
+``fit`` takes the data as tensors or as a ``torch.utils.data.DataLoader`` of ``(x, y)`` batches
+(or an ``IterableDataset`` batched by ``batch_size``), for data that do not fit in memory
+(:mod:`bayesdl.inference.loaders`). Under a ``torch.distributed`` process group the fit is data
+parallel (:mod:`.data_parallel`): every process holds the whole guide and evaluates its share
+of each minibatch, and the gradients are summed over the processes.
+
 The steps themselves (a MAP stage, then the ELBO optimisation) are
 :class:`~.algorithm.VIAlgorithm`, run by :func:`~bayesdl.inference.driver.run`, which also
 writes checkpoints and resumes from them; the trainers of the two engines are in
@@ -37,14 +45,16 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
+from torch.utils.data import DataLoader
 
 from bayesdl._checks import check_count, check_positive
 from bayesdl.posterior import Posterior
 
-from ..base import Backend, Callback, Minibatches, RunOutcome, finish
+from ..base import Backend, Callback, RunOutcome, finish
 from ..driver import RunControl, Seeds, identity_of, prepare, run
 from ..optimizers import check_optimizer
 from .algorithm import VIAlgorithm
+from .data_parallel import DataShare
 from .elbo import FunctionalELBO
 from .guides import ATTR, MeanField, guide_from_posterior
 from .optim import check_kl_anneal, check_lr_schedule
@@ -194,8 +204,8 @@ class VI(Backend):
     def fit(
         self,
         bnn: BNN,
-        x: Tensor,
-        y: Tensor,
+        x: Tensor | DataLoader,
+        y: Tensor | None = None,
         *,
         seed: int | None = None,
         progress: bool = True,
@@ -204,6 +214,7 @@ class VI(Backend):
         checkpoint: str | os.PathLike | None = None,
         checkpoint_every: int | None = None,
         resume: str | os.PathLike | None = None,
+        distributed: bool | None = None,
     ) -> Posterior:
         """Fit the guide to the posterior of ``bnn`` given ``(x, y)``.
 
@@ -212,7 +223,12 @@ class VI(Backend):
         bnn
             The model.
         x, y
-            Training inputs and targets (checked before any work).
+            Training inputs and targets (checked before any work); or ``x`` a
+            ``torch.utils.data.DataLoader`` of ``(x, y)`` batches (or an ``IterableDataset``,
+            batched by ``batch_size``) and ``y=None``, for data that do not fit in memory
+            (:mod:`bayesdl.inference.loaders`; each batch is checked as it comes, a shuffling
+            loader is shuffled from ``seed``, and ``batch_size`` must be ``None`` with a
+            DataLoader, which sets it).
         seed
             Seed; the same seed gives the same guide and draws. The global RNG is untouched.
         progress
@@ -221,12 +237,24 @@ class VI(Backend):
             Called with a :class:`~bayesdl.inference.base.StepEvent` after every step; its
             ``info`` holds ``elbo`` and ``beta`` (and SSVI's mask statistics).
         num_data
-            Size of the full data set if ``(x, y)`` is a subsample (scales the likelihood).
+            Size of the full data set if ``(x, y)`` is a subsample (scales the likelihood);
+            default: the rows given, or the DataLoader's dataset length.
         checkpoint, checkpoint_every, resume
             Write the run's state to ``checkpoint`` every ``checkpoint_every`` steps and when
             it stops; continue a run from such a file with ``resume`` (the result equals the
             uninterrupted run's; see :mod:`bayesdl.inference.driver`). The Pyro engine keeps
             its guide in Pyro objects and cannot write or resume checkpoints (``ValueError``).
+        distributed
+            Share each minibatch's rows over the ``torch.distributed`` process group (data
+            parallel: every process holds the whole guide and the same noise stream, weights
+            its share of the ELBO by its share of the rows, and the gradients are summed over
+            the processes, so every process keeps the same guide; a DataLoader is sharded so
+            that each process reads its own rows). Default: whenever a group of more than one
+            process is initialised (:mod:`bayesdl.distributed`). The result equals the
+            one-process run's on the same global minibatches up to the order of
+            floating-point sums. Each process writes (and resumes from) its own checkpoint
+            file. The Pyro engine runs in one process only (``ValueError``; give
+            ``distributed=False`` under a process group).
 
         Returns
         -------
@@ -234,8 +262,15 @@ class VI(Backend):
             ``(1, draws, D)`` draws from the fitted guide, ``kind="variational"``; marked
             partial after Ctrl-C (the draws then come from the guide as it was).
         """
-        control = RunControl.of(progress, callbacks, checkpoint, checkpoint_every, resume)
+        control = RunControl.of(
+            progress, callbacks, checkpoint, checkpoint_every, resume, distributed
+        )
         if self.engine == "pyro":
+            if control.ranks is not None:
+                raise ValueError(
+                    "distributed: the Pyro engine runs in one process only; use "
+                    "engine='functional' to share a fit over processes, or distributed=False"
+                )
             for name, value in (("checkpoint", checkpoint), ("resume", resume)):
                 if value is not None:
                     raise ValueError(
@@ -258,12 +293,16 @@ class VI(Backend):
             num_data=num_data,
             tensor_inputs=type(self).__name__,
             default_init=initial_loc,
+            batch_size=self.batch_size,
         )
         bnn, x = problem.bnn, problem.x
         self._check_model(bnn)
-        batches = Minibatches(x, problem.y, self.batch_size, streams[SEED_BATCHES])
+        batches = problem.minibatches(self.batch_size, streams[SEED_BATCHES], control.ranks)
+        share = DataShare(control.ranks, sharded=problem.loader is not None)
+        if control.ranks is not None and problem.loader is None:
+            share.check_rows(batches.batch_size)
         raw_scale = initial[0].raw_scale.detach()
-        algorithm = VIAlgorithm(self, problem, batches, streams, raw_scale)
+        algorithm = VIAlgorithm(self, problem, batches, streams, raw_scale, share)
         result = run(
             algorithm,
             control,
@@ -286,9 +325,16 @@ class VI(Backend):
         return family
 
     def make_trainer(
-        self, bnn: BNN, family: MeanField, elbo: FunctionalELBO, num_data: int, state: VIState
+        self,
+        bnn: BNN,
+        family: MeanField,
+        elbo: FunctionalELBO,
+        num_data: int,
+        state: VIState,
+        share: DataShare | None = None,
     ) -> FunctionalTrainer:
-        """The functional engine's trainer of ``family`` (built again on resume)."""
+        """The functional engine's trainer of ``family`` (built again on resume); ``share``
+        is for trainers with statistics of their own to sum over processes (SSVI's)."""
         return FunctionalTrainer(elbo, family, num_data)
 
     def final_guide(self, bnn: BNN, family: MeanField, state: VIState) -> MeanField:
@@ -366,7 +412,7 @@ class VI(Backend):
             "optimizer": self.optimizer
             if isinstance(self.optimizer, str)
             else self.optimizer.__name__,
-            "batch_size": self.batch_size or 0,
+            "batch_size": self.batch_size or _loader_batch_size(algorithm.problem.loader),
             "num_particles": self.num_particles,
             "local_reparam": int(algorithm.uses_local_reparam(state)),
             "kl": self.kl,
@@ -382,6 +428,7 @@ class VI(Backend):
             "elbo_trace": torch.tensor(trace, dtype=torch.float64)[None],
         }
         attrs.update(self._extra_attrs(bnn, family, state, x_example))
+        attrs.update(algorithm.share.note())
         return self._make_posterior(
             theta[None],
             bnn,
@@ -390,3 +437,8 @@ class VI(Backend):
             partial=outcome.partial,
             attrs=attrs,
         )
+
+
+def _loader_batch_size(loader: DataLoader | None) -> int:
+    """The batch size a DataLoader sets (0: none given, or full batches of tensors)."""
+    return 0 if loader is None else int(loader.batch_size or 0)

@@ -46,6 +46,7 @@ from torch import Tensor
 from bayesdl._checks import check_count
 from bayesdl._seeding import child_seeds
 
+from ..data_parallel import DataShare
 from ..elbo import FunctionalELBO
 from ..guides import MeanField
 from ..linear_layers import probe_linear_layers
@@ -214,9 +215,16 @@ class SSVI(VI):
         return self._masked_guide(bnn, family, state.mask_seed)
 
     def make_trainer(
-        self, bnn: BNN, family: MeanField, elbo: FunctionalELBO, num_data: int, state: VIState
+        self,
+        bnn: BNN,
+        family: MeanField,
+        elbo: FunctionalELBO,
+        num_data: int,
+        state: VIState,
+        share: DataShare | None = None,
     ) -> SparseTrainer:
-        return SparseTrainer(elbo, family, num_data, self, self.sparse_sites(bnn), state.sparse)
+        sites = self.sparse_sites(bnn)
+        return SparseTrainer(elbo, family, num_data, self, sites, state.sparse, share)
 
     def final_guide(self, bnn: BNN, family: MeanField, state: VIState) -> MeanField:
         if family.mask is not None:

@@ -4,7 +4,10 @@ Every ``update_every`` steps until ``drop_until`` (:meth:`~.ssvi.SSVI.update_ste
 optimiser step, each sparse weight drops the fraction :math:`\\alpha_t` of its active
 coordinates with the lowest removal score and grows as many (:func:`~.masks.update_mask`);
 grown coordinates restart at mean 0 with the site's mean :math:`\\rho` over the coordinates
-kept, and the optimiser's moments of every changed coordinate are zeroed.
+kept, and the optimiser's moments of every changed coordinate are zeroed. In a run shared
+over processes (:mod:`..data_parallel`) the dense gradient the growth scores come from is
+summed over the processes first (the guide, and so the removal scores, are the same on
+every process), so every process takes the same masks.
 
 What the updates change besides the guide (the generator of ``growth="random"`` and the
 number of coordinates grown per update) is a :class:`MaskState` in the run's State.
@@ -22,10 +25,12 @@ from torch import Tensor
 from ...state import state_record
 from ..elbo import FunctionalELBO
 from ..guides import MeanField
+from ..local_reparam import RowBlock
 from ..trainers import FunctionalTrainer
 from .masks import SparseSite, drop_fraction_at, update_mask
 
 if TYPE_CHECKING:  # pragma: no cover
+    from ..data_parallel import DataShare
     from .ssvi import SSVI
 
 __all__ = ["MaskState", "SparseTrainer", "zero_optimizer_state"]
@@ -61,6 +66,8 @@ class SparseTrainer(FunctionalTrainer):
         The sparse weights.
     record
         The run's :class:`MaskState`, updated in place.
+    share
+        How the run shares its minibatches over processes (``None``: one process).
     """
 
     def __init__(
@@ -71,8 +78,10 @@ class SparseTrainer(FunctionalTrainer):
         ssvi: SSVI,
         sites: list[SparseSite],
         record: MaskState,
+        share: DataShare | None = None,
     ) -> None:
         super().__init__(elbo, family, num_data)
+        self.share = share
         self.ssvi = ssvi
         self.sites = sites
         self.record = record
@@ -85,8 +94,10 @@ class SparseTrainer(FunctionalTrainer):
         """Coordinates grown at each mask update so far."""
         return self.record.changed
 
-    def loss(self, x: Tensor, y: Tensor, beta: float, step: int) -> tuple[Tensor, dict[str, Any]]:
-        loss, info = super().loss(x, y, beta, step)
+    def loss(
+        self, x: Tensor, y: Tensor, beta: float, step: int, rows: RowBlock | None = None
+    ) -> tuple[Tensor, dict[str, Any]]:
+        loss, info = super().loss(x, y, beta, step, rows)
         if step + 1 in self.updates and self.ssvi.growth == "grad":
 
             def capture(grad: Tensor) -> None:
@@ -101,6 +112,8 @@ class SparseTrainer(FunctionalTrainer):
         if step not in self.updates:
             return info
         fraction = drop_fraction_at(step, self.ssvi.drop_fraction, self.until)
+        if self.share is not None and self.dense_grad is not None:
+            self.dense_grad = self.share.total(self.dense_grad)
         with torch.no_grad():
             update = update_mask(
                 guide.mask,
