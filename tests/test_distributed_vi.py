@@ -34,10 +34,13 @@ import warnings
 
 import pytest
 import torch
+from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from bayesdl import distributed, likelihoods, priors
+from bayesdl._seeding import seeded
 from bayesdl.inference import SSVI, VI
+from bayesdl.inference.vi.local_reparam import LayerNoise, RowBlock, local_reparameterization
 from bayesdl.models import BNN, MLP
 
 pytestmark = pytest.mark.skipif(
@@ -208,6 +211,28 @@ def test_errors_under_a_process_group_name_the_argument():
 
 
 # ------------------------------------------------------------------ one process
+@pytest.mark.parametrize("conv", [False, True])
+def test_a_block_of_rows_gets_the_noise_of_those_rows_in_the_global_minibatch(conv):
+    """Local reparameterisation on rows 3-6 of 8 (two particles stacked along the rows, as
+    the ELBO tiles them): exactly rows 3-6 of each particle's output on all 8 rows."""
+    gen = torch.Generator().manual_seed(0)
+    layer = (nn.Conv1d(2, 3, 3, padding=1) if conv else nn.Linear(4, 3)).double()
+    x = torch.randn(8, *((2, 5) if conv else (4,)), generator=gen, dtype=torch.float64)
+    std_w = torch.rand(layer.weight.shape, generator=gen, dtype=torch.float64)
+    std_b = torch.rand(3, generator=gen, dtype=torch.float64)
+    noise = {"": LayerNoise(std_w, std_b)}
+    with seeded(1), local_reparameterization(layer, noise):
+        whole = layer(x.repeat(2, *([1] * (x.dim() - 1))))
+    block = x[3:7].repeat(2, *([1] * (x.dim() - 1)))
+    with seeded(1), local_reparameterization(layer, noise, RowBlock(3, 7, 8)):
+        part = layer(block)
+    assert torch.equal(
+        part.reshape(2, 4, *part.shape[1:]), whole.reshape(2, 8, *part.shape[1:])[:, 3:7]
+    )
+    with pytest.raises(ValueError, match=r"^shape: 5 rows are not copies of a block of 4"):
+        RowBlock(3, 7, 8).standard_normal((5, 3), torch.float64, torch.device("cpu"))
+
+
 def test_a_full_batch_loader_equals_the_tensors_exactly():
     bnn, x, y = _problem()
     tensors = _vi(batch_size=None).fit(bnn, x, y, seed=1, progress=False)

@@ -3,5 +3,7 @@ State (``algorithm.py``, ``records.py``), the trainers of its two engines (``tra
 its guide family (``guides.py``), ELBO estimates (``elbo.py``) with their closed-form prior
 terms (``closed_form.py``), the local reparameterisation trick (``local_reparam.py``) over the
 network's linear layers (``linear_layers.py``), learning-rate schedules and KL annealing
-(``optim.py``; the optimisers themselves are in ``inference/optimizers.py``, shared with SVGD)
-and the Pyro reference path (``pyro_engine.py``); ``sparse/`` holds sparse subspace VI."""
+(``optim.py``; the optimisers themselves are in ``inference/optimizers.py``, shared with SVGD),
+the Pyro reference path (``pyro_engine.py``) and the sharing of minibatches over
+``torch.distributed`` processes (``data_parallel.py``); ``sparse/`` holds sparse subspace
+VI."""

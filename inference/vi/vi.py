@@ -21,6 +21,8 @@ Where the result lives
 * ``posterior.attrs["elbo_trace"]``: ``(1, steps)``, the ELBO estimate at each optimisation
   step (with the KL weighted by the annealing weight of that step). It is not a
   ``sample_stats`` entry because those are per draw, and the trace is per step.
+* ``posterior.attrs["distributed"]``: in a fit shared over processes, which rank returned it
+  (every rank returns the same guide and draws).
 
 Data and processes
 ------------------
