@@ -310,7 +310,7 @@ def gradient_cost(bnn: BNN, data, chains: int, repeats: int = 50) -> dict:
     metric = Metric.identity(chains, theta.shape[1], False, theta)
     logp, grad = log_density_and_grad(theta)
     state = IntegratorState(theta, torch.zeros_like(theta), logp, grad)
-    eps = torch.full((chains,), 1e-3)
+    eps = torch.full((chains,), 1e-3, device=theta.device)
 
     def timed(f: Callable[[], object]) -> float:
         for _ in range(5):
