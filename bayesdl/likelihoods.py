@@ -131,7 +131,7 @@ class _ScaledNoise(Likelihood):
         """The noise scale, shaped to broadcast against ``f`` of shape ``(*batch, N, out)``."""
         if self.learned:
             return expand_right(latents[self.site], 2)
-        return like.new_tensor(self.scale)
+        return like.new_full((), self.scale)  # filled on the device: no host-to-GPU copy
 
     def check_targets(self, y: Tensor, out_features: int) -> Tensor:
         return _check_float_targets(y, out_features)
