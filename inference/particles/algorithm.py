@@ -21,10 +21,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from ..base import Minibatches
 from ..compilation import skip_guard_checks
 from ..driver import Algorithm
+from ..loaders import LoaderBatches
 from ..state import state_record
 from .annealing import annealing
+from .blocks import ParticleBlocks
 from .compiled import GraphMoments, compiled_step
 from .directions import SteinDirection
 from .targets import BNNTarget, DensityTarget, FunctionStreams, MeasurementLike
@@ -45,15 +48,17 @@ def bnn_target(
     num_data: int,
     batch_seed: int | None,
     measurement: MeasurementLike = None,
+    batches: Minibatches | LoaderBatches | None = None,
 ) -> BNNTarget:
     """The target of ``svgd`` on a BNN and its checked data, with ``svgd``'s settings
-    (``measurement``: the checked measurement inputs)."""
+    (``measurement``: the checked measurement inputs). Its minibatches are ``batches``, or by
+    default those of ``(x, y)`` of ``svgd.batch_size`` rows in the order ``batch_seed`` draws."""
+    if batches is None:
+        batches = Minibatches(x, y, svgd.batch_size, batch_seed)
     return BNNTarget(
         bnn,
-        x,
-        y,
+        batches,
         num_data=num_data,
-        batch_size=svgd.batch_size,
         measurement=measurement,
         measurement_size=svgd.measurement_size,
         prior_score=svgd.prior_score,
@@ -61,7 +66,6 @@ def bnn_target(
         ssge_eta=svgd.ssge_eta,
         ssge_threshold=svgd.ssge_threshold,
         function_space=svgd.function_space,
-        batch_seed=batch_seed,
     )
 
 
@@ -107,6 +111,10 @@ class SVGDRun(Algorithm[SVGDState]):
         The initial particles ``(P, D)``.
     seeds
         Seeds of the measurement draws, the prior draws and the Langevin noise.
+    blocks
+        In a run whose particles are shared over processes, which of them this process holds
+        (``init_theta`` is then its block); the update gathers the others' each step
+        (:mod:`.blocks`). Such a run steps eagerly (``compile`` is ignored).
     """
 
     def __init__(
@@ -115,10 +123,12 @@ class SVGDRun(Algorithm[SVGDState]):
         target: DensityTarget | BNNTarget,
         init_theta: Tensor,
         seeds: Sequence[int],
+        blocks: ParticleBlocks | None = None,
     ) -> None:
         self.svgd = svgd
         self.target = target
         self.seeds = list(seeds)
+        self.blocks = ParticleBlocks(init_theta.shape[0]) if blocks is None else blocks
         self.leaf = init_theta.detach().clone()
         try:
             self.optimizer = svgd.optimizer([self.leaf], lr=svgd.lr, **svgd.optimizer_kwargs)
@@ -127,7 +137,9 @@ class SVGDRun(Algorithm[SVGDState]):
                 f"optimizer_kwargs: {svgd.optimizer.__name__} rejected them: {err}"
             ) from err
         self.compiled = (
-            compiled_step(svgd, target, self.leaf, self.optimizer) if svgd.compile else None
+            compiled_step(svgd, target, self.leaf, self.optimizer)
+            if svgd.compile and not self.blocks.shared
+            else None
         )
         self.direction = SteinDirection.of(svgd)
         self.schedule = annealing(svgd.anneal, svgd.anneal_steps)
@@ -178,13 +190,15 @@ class SVGDRun(Algorithm[SVGDState]):
                 theta, batch, gamma, state.noise, state.moments
             )
         else:
-            phi, info = self.direction(self.target, theta, batch, gamma, state.noise, state.streams)
-            finite = bool(torch.isfinite(phi).all())
+            phi, info = self.direction(
+                self.target, theta, batch, gamma, state.noise, state.streams, self.blocks
+            )
+            finite, norm = self._check(phi)
             if finite:
                 theta.grad = -phi
                 self.optimizer.step()
                 finite = bool(torch.isfinite(theta).all())
-            step_norm = float(phi.norm() / math.sqrt(theta.shape[0])) if finite else math.nan
+            step_norm = float(norm / math.sqrt(self.blocks.particles)) if finite else math.nan
         if not finite:  # the NaN guard: keep the last finite particles
             with torch.no_grad():
                 theta.copy_(previous)
@@ -200,6 +214,15 @@ class SVGDRun(Algorithm[SVGDState]):
             "finite": finite,
             "postfix": postfix,
         }
+
+    def _check(self, phi: Tensor) -> tuple[bool, Tensor]:
+        """Whether the whole update is finite (over every process's particles, so that all
+        keep or all undo the step), and its norm."""
+        if not self.blocks.shared:
+            return bool(torch.isfinite(phi).all()), phi.norm()
+        local = torch.stack([(~torch.isfinite(phi)).sum().to(phi.dtype), phi.square().sum()])
+        bad, square = self.blocks.sum(local)
+        return not bool(bad), square.sqrt()
 
     def final_lp(self, state: SVGDState) -> Tensor:
         """The tempered log joint of each final particle on the last minibatch."""

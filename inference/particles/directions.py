@@ -68,6 +68,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .blocks import ParticleBlocks
 from .scores import kde_score, sge_score, ssge_score
 from .settings import uses_functions
 from .stein_kernels import Hybrid, Kernel, KernelMatrix
@@ -115,26 +116,32 @@ class SteinDirection:
         gamma: float,
         noise: torch.Generator,
         streams: FunctionStreams | None = None,
+        blocks: ParticleBlocks | None = None,
     ) -> tuple[Tensor, dict[str, Any]]:
         """The update ``phi`` ``(P, D)`` for the particles ``theta``, and step statistics
         (``bandwidth``, and ``lp`` for weight-space scores).
 
         ``noise`` drives the Langevin noise; ``streams`` the measurement and prior draws of
-        function-space kernels (:meth:`BNNTarget.streams`)."""
+        function-space kernels (:meth:`BNNTarget.streams`). In a run whose particles are
+        shared over processes, ``theta`` is this process's block and so is ``phi``;
+        ``blocks`` gathers what the kernel needs of the others (:mod:`.blocks`), and ``lp``
+        is that of all particles."""
+        blocks = ParticleBlocks(theta.shape[0]) if blocks is None else blocks
         kernel = self.kernel
         if isinstance(kernel, Hybrid):
-            return self._hybrid(target, theta, batch, gamma, noise, streams)
+            return self._hybrid(target, theta, batch, gamma, noise, streams, blocks)
         if isinstance(kernel, Kernel) and kernel.space == "function":
-            return self._function_space(target, theta, batch, gamma, noise, streams)
+            return self._function_space(target, theta, batch, gamma, noise, streams, blocks)
         score, lp = target.weight_score(theta, batch)
+        every, score, lp = blocks.gather(theta, score, lp)
         info: dict[str, Any] = {"lp": lp, "bandwidth": math.nan}
         if kernel is None:
             phi = gamma * score
             if self.stochastic:
-                phi = phi + math.sqrt(2.0 / self.lr) * standard_normal(theta, noise)
-            return phi, info
-        phi, info["bandwidth"] = self.combine(kernel, theta, score, gamma, noise)
-        return phi, info
+                phi = phi + math.sqrt(2.0 / self.lr) * standard_normal(every, noise)
+            return blocks.own(phi), info
+        phi, info["bandwidth"] = self.combine(kernel, every, score, gamma, noise)
+        return blocks.own(phi), info
 
     def combine(
         self, kernel: Kernel, x: Tensor, score: Tensor, gamma: float, noise: torch.Generator
@@ -170,14 +177,16 @@ class SteinDirection:
         gamma: float,
         noise: torch.Generator,
         streams: FunctionStreams | None,
+        blocks: ParticleBlocks,
     ) -> tuple[Tensor, dict[str, Any]]:
         assert isinstance(target, BNNTarget) and isinstance(self.kernel, Kernel)
         assert streams is not None
         fun = target.functions(theta, batch, streams)
-        score = target.function_score(fun, batch, streams)
-        phi_f, h = self.combine(self.kernel, fun.flat, score, gamma, noise)
+        every = fun.with_outputs(*blocks.gather(fun.f.detach())) if blocks.shared else fun
+        score = target.function_score(every, batch, streams)
+        phi_f, h = self.combine(self.kernel, every.flat, score, gamma, noise)
         with torch.enable_grad():
-            phi = pull_back(fun, phi_f)
+            phi = pull_back(fun, blocks.own(phi_f))
         return phi, {"bandwidth": h}
 
     def _hybrid(
@@ -188,6 +197,7 @@ class SteinDirection:
         gamma: float,
         noise: torch.Generator,
         streams: FunctionStreams | None,
+        blocks: ParticleBlocks,
     ) -> tuple[Tensor, dict[str, Any]]:
         assert isinstance(self.kernel, Hybrid)
         driving, repulsive = self.kernel.driving, self.kernel.repulsion
@@ -196,24 +206,30 @@ class SteinDirection:
         if uses_functions(self.kernel):
             assert isinstance(target, BNNTarget) and streams is not None
             fun = target.functions(theta, batch, streams)
+            every, score, lp, f = blocks.gather(theta, score, lp, fun.f.detach())
+            flat = f.flatten(1)
+        else:
+            every, score, lp = blocks.gather(theta, score, lp)
 
         def space_of(kernel: Kernel) -> Tensor:
-            return fun.flat if kernel.space == "function" else theta  # type: ignore[union-attr]
+            return flat if kernel.space == "function" else every
 
         kd = driving(space_of(driving))
         kr = kd if repulsive is driving else repulsive(space_of(repulsive))
-        p = theta.shape[0]
+        p = every.shape[0]
         if repulsive.space == "function":
-            # sum_j grad_{w_j} k_f(f(w_j), f(w_i)) = sum_j J_j^T grad_{f_j} k_f(f_j, f_i)
-            grads = repulsive.pair_gradients(fun.flat, kr.bandwidth)  # type: ignore[union-attr]
+            # sum_j grad_{w_j} k_f(f(w_j), f(w_i)) = sum_j J_j^T grad_{f_j} k_f(f_j, f_i),
+            # each process summing over its own particles j
+            grads = repulsive.pair_gradients(flat, kr.bandwidth)
             with torch.enable_grad():
-                repulsion = pull_back_pairs(fun, grads)  # type: ignore[arg-type]
+                repulsion = pull_back_pairs(fun, blocks.columns(grads))  # type: ignore[arg-type]
+            repulsion = blocks.sum(repulsion)
         else:
             repulsion = kr.repulsion
         phi = (gamma * (kd.value @ score) + repulsion) / p
         if self.stochastic:
-            phi = phi + self.langevin(kd, theta, noise)
-        return phi, {"lp": lp, "bandwidth": kr.bandwidth}
+            phi = phi + self.langevin(kd, every, noise)
+        return blocks.own(phi), {"lp": lp, "bandwidth": kr.bandwidth}
 
 
 def matrix_sqrt(k: Tensor) -> Tensor:

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.utils.data import DataLoader
 
 from bayesdl._checks import check_count, check_positive
 from bayesdl._seeding import child_seeds
@@ -32,9 +33,11 @@ from bayesdl.posterior import Posterior
 from ..base import Backend, Callback, finish
 from ..driver import RunControl, RunResult, Seeds, identity_of, prepare, run
 from ..health import particle_problems, warn_all
+from ..loaders import LoaderBatches
 from ..optimizers import OptimizerSpec, check_optimizer, check_optimizer_kwargs, resolve_optimizer
 from .algorithm import SVGDRun, bnn_target
 from .annealing import annealing
+from .blocks import ParticleBlocks
 from .initial import INITS, InitFn, check_density_particles, check_particles, draw_initial
 from .measurement import check_measurement, checked_measurement, uniform_domain, warn_off_data
 from .settings import (
@@ -282,8 +285,8 @@ class SVGD(Backend):
     def fit(
         self,
         bnn: BNN,
-        x: Tensor,
-        y: Tensor,
+        x: Tensor | DataLoader,
+        y: Tensor | None = None,
         *,
         seed: int | None = None,
         progress: bool = True,
@@ -293,6 +296,7 @@ class SVGD(Backend):
         checkpoint: str | os.PathLike | None = None,
         checkpoint_every: int | None = None,
         resume: str | os.PathLike | None = None,
+        distributed: bool | None = None,
     ) -> Posterior:
         """Fit ``P`` particles to the posterior of ``bnn`` given ``(x, y)``.
 
@@ -301,7 +305,12 @@ class SVGD(Backend):
         bnn
             The model.
         x, y
-            Training inputs and targets (checked before any work).
+            Training inputs and targets (checked before any work); or ``x`` a
+            ``torch.utils.data.DataLoader`` of ``(x, y)`` batches (or an ``IterableDataset``,
+            batched by ``batch_size``) and ``y=None``, for data that do not fit in memory
+            (:mod:`bayesdl.inference.loaders`): each step takes the loader's next batch, whose
+            size the loader sets (leave ``batch_size=None`` then; a shuffling loader is
+            shuffled from ``seed``), and each batch is checked as it comes.
         seed
             Seed of the initial particles, the minibatches, the prior draws and the noise.
         progress
@@ -313,23 +322,40 @@ class SVGD(Backend):
         init_theta
             Initial particles ``(particles, D)``; default: as the backend's ``init`` says.
         num_data
-            Size of the full data set if ``(x, y)`` is a subsample (scales the likelihood).
+            Size of the full data set if ``(x, y)`` is a subsample (scales the likelihood);
+            default: the rows given, or the DataLoader's dataset length.
         checkpoint, checkpoint_every, resume
             Write the run's state (particles, optimiser state, every random stream, the
             minibatch stream) to ``checkpoint`` every ``checkpoint_every`` steps and when it
             stops; continue a run from such a file with ``resume`` (the result equals the
-            uninterrupted run's; see :mod:`bayesdl.inference.driver`).
+            uninterrupted run's; see :mod:`bayesdl.inference.driver`). In a run over
+            processes each writes and resumes its own file (``path.rank<r>of<world>``).
+        distributed
+            Share the particles over the ``torch.distributed`` process group, in contiguous
+            blocks (:mod:`bayesdl.distributed`): each process moves its block, and each step
+            gathers what the kernel needs of the others' (positions and scores, or functions
+            and function-space scores; :mod:`.blocks`). Every process reads the same
+            minibatches (a DataLoader is not sharded) and draws the same measurement points,
+            prior draws and noise. Default: whenever a group of more than one process is
+            initialised; ``False`` keeps the run in this process. The result equals the
+            one-process run's up to the rounding of forward and backward passes over fewer
+            particles and of sums split over processes. Such a run steps eagerly
+            (``compile`` is ignored); needs at least one particle per process.
 
         Returns
         -------
         Posterior
             ``kind="particles"``: one chain of ``P`` draws, with ``sample_stats["lp"]`` (the
             tempered log joint of each final particle on the last minibatch); marked partial
-            after Ctrl-C.
+            after Ctrl-C. In a run over processes, rank 0's holds every particle in order and
+            the others' their own block (``attrs["distributed"]`` says which).
         """
         control = RunControl.of(
-            progress, callbacks, checkpoint, checkpoint_every, resume, distributed=False
+            progress, callbacks, checkpoint, checkpoint_every, resume, distributed
         )
+        blocks = ParticleBlocks(self.particles, control.ranks)
+        blocks.check()
+        seed = blocks.agreed_seed(seed)
         seeds = child_seeds(seed, 5)
         if init_theta is not None and isinstance(bnn, BNN):
             init_theta = check_particles(
@@ -347,15 +373,27 @@ class SVGD(Backend):
             default_init=lambda model, _: draw_initial(
                 self.init, model, self.particles, seeds[_INIT]
             ),
+            split=control.ranks,
+            batch_size=self.batch_size,
         )
         check_model(self.kernel, self.function_space, problem.bnn)
         warn_off_data(self.kernel, self.measurement, self.prior_score)
         measurement = checked_measurement(problem.bnn, self.measurement)
+        # every process reads the same minibatches: the particles are split, not the data
+        batches = problem.minibatches(self.batch_size, seeds[_BATCHES], group=None)
         target = bnn_target(
-            self, problem.bnn, problem.x, problem.y, problem.num_data, seeds[_BATCHES], measurement
+            self,
+            problem.bnn,
+            problem.x,
+            problem.y,
+            problem.num_data,
+            seeds[_BATCHES],
+            measurement,
+            batches,
         )
-        algorithm = SVGDRun(self, target, problem.init_theta, seeds[_MEASUREMENT:])
-        result = self._run(algorithm, control, identity_of(self, problem), target.batches)
+        algorithm = SVGDRun(self, target, problem.init_theta, seeds[_MEASUREMENT:], blocks)
+        identity = identity_of(self, problem, **blocks.identity())
+        result = self._run(algorithm, control, identity, batches)
         return self._posterior(algorithm, result, problem.bnn)
 
     def sample(
@@ -369,6 +407,7 @@ class SVGD(Backend):
         checkpoint: str | os.PathLike | None = None,
         checkpoint_every: int | None = None,
         resume: str | os.PathLike | None = None,
+        distributed: bool | None = None,
     ) -> Posterior:
         """Run the particles on any differentiable log density ``(P, D) -> (P,)``.
 
@@ -385,24 +424,34 @@ class SVGD(Backend):
         progress, callbacks, checkpoint, checkpoint_every, resume
             As for :meth:`fit`. A checkpoint records the settings and the particles' shape,
             not the log density: resume only with the same one.
+        distributed
+            As for :meth:`fit`: every process gives all of ``init_theta`` and moves its block;
+            ``log_density`` is called on a block's rows.
 
         Returns
         -------
         Posterior
-            No BNN attached (no ``predict``); ``theta`` of shape ``(1, particles, D)``.
+            No BNN attached (no ``predict``); ``theta`` of shape ``(1, particles, D)`` (in a
+            run over processes, as for :meth:`fit`).
         """
         control = RunControl.of(
-            progress, callbacks, checkpoint, checkpoint_every, resume, distributed=False
+            progress, callbacks, checkpoint, checkpoint_every, resume, distributed
         )
         check_density_run(self.kernel, self.batch_size, log_density)
         theta = check_density_particles(init_theta, self.particles)
-        seeds = Seeds.of(seed, self.particles).children(5)
-        algorithm = SVGDRun(self, DensityTarget(log_density), theta, seeds[_MEASUREMENT:])
+        blocks = ParticleBlocks(self.particles, control.ranks)
+        blocks.check()
+        seeds = Seeds.of(blocks.agreed_seed(seed), self.particles).children(5)
+        start, stop = blocks.block
+        algorithm = SVGDRun(
+            self, DensityTarget(log_density), theta[start:stop], seeds[_MEASUREMENT:], blocks
+        )
         identity = {
             "backend": repr(self),
             "log_density": stable_repr(log_density),
             "particles": list(theta.shape),
             "dtype": str(theta.dtype),
+            **blocks.identity(),
         }
         return self._posterior(algorithm, self._run(algorithm, control, identity), None)
 
@@ -421,10 +470,15 @@ class SVGD(Backend):
     def _posterior(self, algorithm: SVGDRun, result: RunResult, bnn: BNN | None) -> Posterior:
         """The final particles as a Posterior, after the exploding-particles checks."""
         state, outcome = algorithm.bind(result.state), result.outcome
-        final = state.theta.detach().clone()
         lp = algorithm.final_lp(state)
+        final = state.theta.detach().clone()
+        (final, start, lp), shared = algorithm.blocks.result(final, state.start, lp)
         if outcome.reason != "non-finite":  # that raises NonFiniteError below
-            warn_all(particle_problems(state.start, final, lp, self.lr), stacklevel=4)
+            warn_all(particle_problems(start, final, lp, self.lr), stacklevel=4)
+        batches = getattr(algorithm.target, "batches", None)
+        batch_size = (
+            batches.batch_size if isinstance(batches, LoaderBatches) else self.batch_size or 0
+        )
         posterior = Posterior(
             final[None],
             bnn,
@@ -439,13 +493,14 @@ class SVGD(Backend):
                 "steps": self.steps,
                 "optimizer": self.optimizer.__name__,
                 "lr": self.lr,
-                "batch_size": self.batch_size or 0,
+                "batch_size": batch_size,
                 "stochastic": int(self.stochastic),
                 "anneal": str(self.anneal),
                 "init": self.init if isinstance(self.init, str) else "callable",
                 "function_space": self.function_space,
                 "compile": int(algorithm.compiled is not None),
                 "stopped": outcome.reason or "",
+                **shared,
             },
         )
         return finish(posterior, outcome)

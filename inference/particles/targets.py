@@ -15,6 +15,8 @@ checkpoint continues them exactly.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +29,7 @@ from bayesdl._seeding import PrivateStream
 from bayesdl.models import BNN
 
 from ..base import Minibatches
+from ..loaders import LoaderBatches
 from ..state import state_record
 from .scores import ssge_score
 
@@ -68,6 +71,13 @@ class Functions:
     flat: Tensor
     x: Tensor
     batch_size: int
+
+    def with_outputs(self, f: Tensor) -> Functions:
+        """These functions with the outputs ``f`` in place of their own (e.g. every
+        particle's, gathered from the processes of a run; only :attr:`theta` then holds
+        fewer rows)."""
+        f = f.detach()
+        return dataclasses.replace(self, f=f, flat=f.flatten(1))
 
 
 @state_record
@@ -128,34 +138,37 @@ class BNNTarget:
     It serves minibatches, the weight-space score of the tempered posterior, the particles'
     functions at the measurement set (:class:`Functions`), their function-space score
     (likelihood plus the functional prior's score, SSGE-estimated or exact) and the prior's
-    function draws. ``batch_seed`` seeds the minibatches (:attr:`batches`, whose position the
-    driver checkpoints); the measurement and prior draws come from the :class:`FunctionStreams`
-    passed to :meth:`functions` and :meth:`function_score` (made by :meth:`streams`).
+    function draws. ``batches`` is the run's minibatch stream, of tensors
+    (:class:`~..base.Minibatches`) or of a DataLoader (:class:`~..loaders.LoaderBatches`);
+    the driver checkpoints its position. The measurement and prior draws come from the
+    :class:`FunctionStreams` passed to :meth:`functions` and :meth:`function_score` (made by
+    :meth:`streams`). The last batch of a loader is kept for :meth:`last_batch` (a cache:
+    without it, it is read again from the stream's position).
     """
 
     def __init__(
         self,
         bnn: BNN,
-        x: Tensor,
-        y: Tensor,
+        batches: Minibatches | LoaderBatches,
         *,
         num_data: int,
-        batch_size: int | None,
         measurement: MeasurementLike,
         measurement_size: int | None,
         prior_score: str | PriorScore,
         prior_draws: int,
         ssge_eta: float,
         ssge_threshold: float | None,
-        batch_seed: int | None,
         function_space: str = "logits",
     ) -> None:
         self.bnn = bnn
         self.num_data = num_data
-        self.batches = Minibatches(x, y, batch_size, batch_seed)
+        self.batches = batches
         self.full_joint = (
-            bnn.log_joint_fn(x, y, num_data, validate=False) if self.batches.full_batch else None
+            bnn.log_joint_fn(batches.x, batches.y, num_data, validate=False)
+            if batches.full_batch
+            else None
         )
+        self._last: tuple[Tensor, Tensor] | None = None
         self.measurement = measurement
         self.measurement_size = measurement_size
         self.prior_score = prior_score
@@ -171,7 +184,10 @@ class BNNTarget:
         self.prior_factor = 1.0 / temperature if bnn.tempering == "posterior" else 1.0
 
     def next_batch(self) -> tuple[Tensor, Tensor]:
-        return next(self.batches)
+        batch = next(self.batches)
+        if isinstance(self.batches, LoaderBatches):
+            self._last = batch
+        return batch
 
     def streams(self, measurement_seed: int, prior_seed: int) -> FunctionStreams:
         """Fresh random streams of the measurement and prior draws."""
@@ -200,6 +216,8 @@ class BNNTarget:
         """The minibatch :meth:`next_batch` returned last, read off the stream's position (so
         also in a run resumed from a checkpoint); the next one if none was drawn yet."""
         batches = self.batches
+        if isinstance(batches, LoaderBatches):
+            return self._last if self._last is not None else _reread_last(batches)
         if batches.full_batch:
             return batches.x, batches.y
         where = batches.state()
@@ -210,7 +228,7 @@ class BNNTarget:
         return inputs.take_rows(batches.x, index), batches.y[index]
 
     # -------------------------------------------------------------- function space
-    def _extra_inputs(self, generator: torch.Generator) -> Tensor | None:
+    def _extra_inputs(self, generator: torch.Generator, x: Tensor) -> Tensor | None:
         if self.measurement is None:
             return None
         if isinstance(self.measurement, Tensor):
@@ -220,7 +238,6 @@ class BNNTarget:
             index = torch.randperm(len(pool), generator=generator)[: self.measurement_size]
             return pool[index.to(pool.device)]
         extra = self.measurement(generator)
-        x = self.batches.x
         if not isinstance(extra, Tensor) or tuple(extra.shape[1:]) != tuple(x.shape[1:]):
             raise ValueError(
                 f"measurement: the callable must return inputs of shape (n, "
@@ -233,7 +250,7 @@ class BNNTarget:
     ) -> Functions:
         """The particles' outputs at the minibatch and this step's measurement points."""
         xb = batch[0]
-        extra = self._extra_inputs(streams.measurement)
+        extra = self._extra_inputs(streams.measurement, xb)
         x = xb if extra is None else torch.cat([xb, extra])
         with torch.enable_grad():
             leaf = theta.detach().requires_grad_(True)
@@ -281,6 +298,15 @@ class BNNTarget:
         with torch.no_grad():
             prior_f = self._outputs(draws, fun.x).flatten(1)
         return ssge_score(prior_f, fun.flat, eta=self.ssge_eta, threshold=self.ssge_threshold)
+
+
+def _reread_last(batches: LoaderBatches) -> tuple[Tensor, Tensor]:
+    """The batch a loader's stream read last, read again from a copy of the stream at the
+    position before it (the stream itself does not move); the next one if none was read."""
+    replay = copy.copy(batches)  # shares the loader; its own pass over it
+    where = batches.state()
+    replay.load_state({"epoch": where["epoch"], "position": max(where["position"] - 1, 0)})
+    return next(replay)
 
 
 def pull_back(fun: Functions, phi_f: Tensor) -> Tensor:
