@@ -317,8 +317,9 @@ class SVGD(Backend):
             Show a progress bar.
         callbacks
             Called after every step with a :class:`~bayesdl.inference.base.StepEvent`; its info
-            holds ``theta`` (the current particles: read, do not modify), ``bandwidth``,
-            ``gamma``, ``step_norm`` and, for weight-space scores, ``lp``.
+            holds ``theta`` (the current particles: read, do not modify; in a run over
+            processes, this process's block), ``bandwidth``, ``gamma``, ``step_norm`` and, for
+            weight-space scores, ``lp`` (of all particles).
         init_theta
             Initial particles ``(particles, D)``; default: as the backend's ``init`` says.
         num_data
@@ -335,8 +336,9 @@ class SVGD(Backend):
             blocks (:mod:`bayesdl.distributed`): each process moves its block, and each step
             gathers what the kernel needs of the others' (positions and scores, or functions
             and function-space scores; :mod:`.blocks`). Every process reads the same
-            minibatches (a DataLoader is not sharded) and draws the same measurement points,
-            prior draws and noise. Default: whenever a group of more than one process is
+            minibatches (a DataLoader is not sharded) (so an ``IterableDataset`` must
+            give every process the same batches, not shard itself by rank) and draws the same
+            measurement points, prior draws and noise. Default: whenever a group of more than one process is
             initialised; ``False`` keeps the run in this process. The result equals the
             one-process run's up to the rounding of forward and backward passes over fewer
             particles and of sums split over processes. Such a run steps eagerly
