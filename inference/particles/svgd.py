@@ -336,13 +336,13 @@ class SVGD(Backend):
             blocks (:mod:`bayesdl.distributed`): each process moves its block, and each step
             gathers what the kernel needs of the others' (positions and scores, or functions
             and function-space scores; :mod:`.blocks`). Every process reads the same
-            minibatches (a DataLoader is not sharded) (so an ``IterableDataset`` must
-            give every process the same batches, not shard itself by rank) and draws the same
-            measurement points, prior draws and noise. Default: whenever a group of more than one process is
-            initialised; ``False`` keeps the run in this process. The result equals the
+            minibatches (a DataLoader is not sharded; an ``IterableDataset`` must give every
+            process the same batches, not shard itself by rank) and draws the same measurement
+            points, prior draws and noise. Default: whenever a group of more than one process
+            is initialised; ``False`` keeps the run in this process. The result equals the
             one-process run's up to the rounding of forward and backward passes over fewer
             particles and of sums split over processes. Such a run steps eagerly
-            (``compile`` is ignored); needs at least one particle per process.
+            (``compile`` is ignored); it needs at least one particle per process.
 
         Returns
         -------
