@@ -18,6 +18,11 @@ hybrid kernel's pulled-back function-space repulsion
 :math:`\sum_j J_j^\top \nabla_{f_j} k_f(f_j, f_i)`) is formed per process over its own
 :math:`j` and summed over processes (:meth:`ParticleBlocks.sum`).
 
+Each process's optimiser steps its own block: this equals the one-process step because
+the optimisers of ``torch.optim`` (Adam, SGD, RMSprop, ...) update every coordinate from its
+own gradient and state; an optimiser that couples coordinates (e.g. through a norm of the
+whole gradient) would see only its block.
+
 In one process (``group=None``) every method is the identity: the one-process run is not
 changed by a single operation.
 """
