@@ -22,7 +22,7 @@ python3 -c "import torch, jax, numpyro; print(torch.__version__, jax.__version__
 numpyro.__version__, jax.devices())" | tee -a "$OUT/gpu.txt"
 python3 benchmarks/hmc_vs_peers.py --device cuda --datasets diabetes --max-tree-depth 6 \
     --warmup 100 --draws 100 --cost-chains 64 1024 --budget-seconds "${BUDGET:-380}" \
-    --plan bayesdl-compile:64 numpyro:64 bayesdl:64 numpyro:1024 bayesdl-compile:1024 \
+    --plan ${PLAN:-bayesdl-compile:64 numpyro:64 bayesdl:64 numpyro:1024 bayesdl-compile:1024 \
     numpyro:256 bayesdl-compile:256 numpyro:16 bayesdl-compile:16 numpyro:4 \
-    bayesdl-compile:4 numpyro:1 bayesdl-compile:1 bayesdl:1024 \
+    bayesdl-compile:4 numpyro:1 bayesdl-compile:1 bayesdl:1024} \
     --out "$OUT/hmc_gpu.json" 2>&1 | grep -v "ConvergenceWarning\|^  warn" | tee "$OUT/log.txt"

@@ -140,7 +140,7 @@ def function_space_quality(f_probe: np.ndarray) -> tuple[float, float, float]:
 def score(bnn: BNN, theta: torch.Tensor, data) -> tuple[float, float, np.ndarray]:
     post = bayesdl.Posterior(theta.to(bnn.dtype), bnn)
     metrics = post.evaluate(data.x_test, data.y_test, y_scale=data.y_scale)
-    f = post.predict(data.x_test[:PROBES]).samples[..., 0].numpy()
+    f = post.predict(data.x_test[:PROBES]).samples[..., 0].cpu().numpy()
     return metrics["rmse"], metrics["nll"], f
 
 
