@@ -490,6 +490,14 @@ def main() -> None:
         run_dataset(name, args, report)
     write(report, args.out)
     print(json.dumps(report, indent=2))
+    regraphed = [
+        f"{name}: {row['sampler']} with {row['chains']} chains"
+        for name, results in report["datasets"].items()
+        for row in results["samplers"]
+        if row.get("graphs_after_first")
+    ]
+    if regraphed:  # compile=True must never compile or record a graph after its first step
+        raise SystemExit(f"graphs compiled or recorded after the first transition: {regraphed}")
 
 
 if __name__ == "__main__":
