@@ -8,12 +8,20 @@ in one process even then). What is shared depends on the family:
 * **NUTS / HMC**: the chains are split into contiguous blocks, one per rank
   (:meth:`Ranks.block`); each chain keeps its own random stream, so the draws gathered on rank
   0 equal those of a one-process run with the same seed and number of chains.
-* **SGHMC / SGLD**: data parallel. Every rank draws the same global minibatch, evaluates its
-  share of the rows, and the gradients are summed over ranks (:func:`all_reduce_sum`).
+* **SGHMC / SGLD / VI / SSVI**: data parallel. Every rank draws the same global minibatch,
+  evaluates its share of the rows (or reads its own shard of a DataLoader), and the gradients
+  are summed over ranks (:func:`all_reduce_sum`); chains, guides and random streams are
+  replicated, so every rank holds the same result.
+* **SVGD**: the particles are split into blocks; each step the ranks gather what the kernel
+  needs (positions and scores, or function values at the measurement set), compute the kernel
+  over all particles and update their own block.
 
 Every step, the ranks agree on whether to stop (:func:`agree_stop`): a Ctrl-C or a non-finite
 value on any rank stops all of them after the same step. The Posterior on rank 0 holds every
-chain; the other ranks return theirs, marked in ``attrs["distributed"]``.
+chain or particle; the other ranks return theirs, marked in ``attrs["distributed"]``. With
+``checkpoint=path`` each rank writes ``path.rank<r>of<world>`` (and ``resume=path`` reads it),
+so a run resumes under torchrun with the same number of processes. Only rank 0 shows a
+progress bar.
 
 Communication is through PyTorch's collectives: gloo on CPUs, NCCL on GPUs (:func:`init`
 chooses).
@@ -204,5 +212,6 @@ def _spawned(
     try:
         result = fn(*args)
         torch.save(result, f"{folder}/{rank}.pt")
+        dist.barrier()  # no rank tears the group down while another still uses it
     finally:
         dist.destroy_process_group()
