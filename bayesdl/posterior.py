@@ -669,12 +669,18 @@ class Posterior:
             The file to write (replaced if it exists); missing parent folders are created.
             Or a binary file object open for writing.
 
+        In a run shared over processes (``attrs["distributed"]``, :mod:`bayesdl.distributed`),
+        only rank 0, whose posterior holds every chain or particle, writes; on the other ranks
+        ``save`` does nothing, so a script that saves runs unchanged under torchrun.
+
         Raises
         ------
         TypeError, ValueError
             Naming ``path``: not a path (``None``, say), or an existing folder.
         """
         target = save_target(path)
+        if self.attrs.get("distributed") and _process_rank() > 0:
+            return
         try:
             bnn_bytes = pickle.dumps(self.bnn) if self.bnn is not None else None
         except (pickle.PicklingError, AttributeError, TypeError) as err:
@@ -746,6 +752,14 @@ class Posterior:
 
 #: What a file written by ``Posterior.save`` holds, besides the layout (absent in older files).
 _PAYLOAD_KEYS = {"format", "theta", "sample_stats", "kind", "partial", "attrs", "bnn"}
+
+
+def _process_rank() -> int:
+    """This process's rank in an initialised ``torch.distributed`` group (0 without one)."""
+    distributed = torch.distributed
+    if distributed.is_available() and distributed.is_initialized():
+        return distributed.get_rank()
+    return 0
 
 
 def _describe(path: object) -> str:

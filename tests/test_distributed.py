@@ -198,3 +198,23 @@ def test_nuts_sample_splits_chains_over_ranks():
     single = _nuts_sample()
     root = distributed.spawn(_nuts_sample, 2)[0]
     assert torch.equal(root.theta, single.theta)
+
+
+def _fit_and_save(folder: str) -> dict[str, object]:
+    bnn, x, y = _problem()
+    posterior = _sghmc().fit(bnn, x, y, seed=3, progress=False)
+    posterior.save(os.path.join(folder, "posterior.pt"))
+    return {"files": sorted(os.listdir(folder))}
+
+
+def test_only_rank_0_writes_a_saved_posterior(tmp_path):
+    folders = [tmp_path / "rank0", tmp_path / "rank1"]
+    for folder in folders:
+        folder.mkdir()
+    results = distributed.spawn(_fit_on_own_folder, 2, [str(f) for f in folders])
+    assert results[0]["files"] == ["posterior.pt"]
+    assert results[1]["files"] == []
+
+
+def _fit_on_own_folder(folders: list[str]) -> dict[str, object]:
+    return _fit_and_save(folders[torch.distributed.get_rank()])
