@@ -71,6 +71,7 @@ EXPECTED_OUTPUTS = {
     "02_hmc.py": {"nuts_function_trace.png", "predictions.png", "cold_posterior.png"},
     "03_svgd.py": {"snelson_functions.png", "fmnist_metrics.png", "fmnist_entropy.png"},
     "04_vi_ssvi.py": {"vi_ssvi.png", "ssvi_0.1.pt", "dense_vi.pt"},
+    "06_scale_out.py": {"scale_out_predictions.png", "nuts.pt"},
     "05_gp_prior.py": {
         "prior_draws.png",
         "posterior_gap.png",
@@ -221,3 +222,32 @@ def test_quickstart_bnn_beats_ridge_on_nll_and_calibration(tmp_path):
     env = {"BAYESDL_SMOKE": "0", "BAYESDL_OUTPUT": str(out_dir), "BAYESDL_SPLIT": "0"}
     _run((ROOT / "tutorials" / "01_quickstart.py").read_text(), tmp_path, env)
     check_bnn_against_ridge(json.loads((out_dir / "metrics.json").read_text()))
+
+
+def test_tutorial_06_runs_under_torchrun_with_two_processes(tmp_path):
+    """The scale-out tutorial as its header says to run it: two processes (gloo), smoke mode;
+    rank 0 gathers every chain and particle and alone writes the outputs."""
+    out_dir = tmp_path / "out"
+    script = tmp_path / "06_scale_out.py"
+    script.write_text((ROOT / "tutorials" / "06_scale_out.py").read_text())
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", str(script)],
+        cwd=tmp_path,
+        env={
+            **os.environ,
+            "MPLBACKEND": "Agg",
+            "OMP_NUM_THREADS": "1",
+            "BAYESDL_SMOKE": "1",
+            "BAYESDL_OUTPUT": str(out_dir),
+        },
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "2 process(es)" in result.stdout
+    assert "rank 0 of 2: all 4 chains" in result.stdout
+    assert "rank 0 of 2: all 20 particles" in result.stdout
+    metrics = json.loads((out_dir / "metrics.json").read_text())
+    assert metrics["processes"] == 2
+    assert {"nuts.pt", "scale_out_predictions.png"} <= {p.name for p in out_dir.iterdir()}
