@@ -178,7 +178,23 @@ def _fit(args: argparse.Namespace) -> int:
         likelihood,
         temperature=args.temperature,
     )
-    post = backend.fit(bnn, ds.x_train, ds.y_train, seed=args.seed, progress=not args.quiet)
+    resumable = {
+        name: value
+        for name, value in (
+            ("checkpoint", args.checkpoint),
+            ("checkpoint_every", args.checkpoint_every),
+            ("resume", args.resume),
+        )
+        if value is not None
+    }
+    try:
+        post = backend.fit(
+            bnn, ds.x_train, ds.y_train, seed=args.seed, progress=not args.quiet, **resumable
+        )
+    except (FileNotFoundError, TypeError, ValueError) as err:
+        if not resumable:
+            raise
+        raise SystemExit(f"bayesdl fit: {err}") from err
     metrics = post.evaluate(ds.x_test, ds.y_test, **({} if classifier else {"y_scale": ds.y_scale}))
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -236,6 +252,15 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--out", default="outputs/fit")
     fit.add_argument("--quiet", action="store_true", help="no progress bar")
+    fit.add_argument(
+        "--checkpoint", help="write the run's state to this file (periodically and when it stops)"
+    )
+    fit.add_argument(
+        "--checkpoint-every", type=int, help="steps between checkpoints (default: every 5 min)"
+    )
+    fit.add_argument(
+        "--resume", help="continue the run saved in this checkpoint (same data and options)"
+    )
     group = fit.add_argument_group("backend options (each applies only to the backends in [...])")
     for flag, (_, backends, kwargs) in _OPTIONS.items():
         kwargs = dict(kwargs)

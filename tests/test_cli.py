@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from bayesdl.cli import main
 
@@ -92,6 +93,20 @@ def test_fit_runs_every_backend(backend, tmp_path, capsys):
     sizes = az.from_netcdf(str(out / "posterior.nc")).posterior.sizes
     assert (sizes["chain"], sizes["draw"]) == (chains, draws)
     assert '"rmse"' in capsys.readouterr().out
+
+
+def test_fit_resumes_from_its_checkpoint(tmp_path):
+    """A finished run's checkpoint resumes to the same posterior; another run's is refused."""
+    options, _ = _TINY["sghmc"]
+    ckpt = tmp_path / "run.ckpt"
+    base = ["fit", "diabetes", "--hidden", "5", "--quiet", "--backend", "sghmc", *options]
+    assert main([*base, "--out", str(tmp_path / "a"), "--checkpoint", str(ckpt)]) == 0
+    assert main([*base, "--out", str(tmp_path / "b"), "--resume", str(ckpt)]) == 0
+    first = torch.load(tmp_path / "a" / "posterior.pt", weights_only=False)["theta"]
+    again = torch.load(tmp_path / "b" / "posterior.pt", weights_only=False)["theta"]
+    assert torch.equal(first, again)
+    with pytest.raises(SystemExit, match=r"resume: .*different run"):
+        main([*base, "--out", str(tmp_path / "c"), "--resume", str(ckpt), "--lr", "2e-4"])
 
 
 @pytest.mark.parametrize(
