@@ -110,6 +110,17 @@ class Algorithm(ABC, Generic[State]):
             Remove the last kept draw (it turned out not to be finite).
         """
 
+    def record(self, state: State) -> State:
+        """``state`` with everything the algorithm keeps in live objects copied into it.
+
+        An algorithm may keep, for speed, objects that mirror parts of its State between steps
+        (a ``torch.optim`` optimiser over the State's tensors, whose moments would otherwise be
+        copied into the State at every step); the driver calls this before it writes a
+        checkpoint and when the run ends, so that the State is then complete. Default: the
+        State is always complete.
+        """
+        return state
+
 
 @state_record
 class Draws:
@@ -473,6 +484,7 @@ def run(
     last_write = [time.monotonic()]
 
     def save() -> None:
+        algorithm.record(state)
         write_checkpoint(
             control.checkpoint,
             {
@@ -516,7 +528,7 @@ def run(
     ).run(step, start)
     if control.checkpoint is not None and outcome.reason != "non-finite":
         save()
-    return RunResult(state, draws, outcome)
+    return RunResult(algorithm.record(state), draws, outcome)
 
 
 def gather_chains(

@@ -317,8 +317,9 @@ class _Algorithm(Algorithm[SGMCMCState]):
                 weight = (stop - start) / rows
         log_joint = self.problem.bnn.log_joint_fn(xb, yb, self.batches.num_data, validate=False)
         lp, grad = value_and_grad(log_joint)(theta)
-        if self.group is not None:
-            lp, grad = all_reduce_sum(weight * lp), all_reduce_sum(weight * grad)
+        if self.group is not None:  # one collective for both
+            summed = all_reduce_sum(torch.cat([weight * lp[:, None], weight * grad], dim=1))
+            lp, grad = summed[:, 0], summed[:, 1:]
         return lp, grad
 
     def stages(self) -> list[tuple[str, int]]:

@@ -197,7 +197,6 @@ class VIAlgorithm(Algorithm[VIState]):
         (-log_joint).backward()
         self.share.reduce_gradients([theta])
         live.optimizer.step()
-        state.optimizer = live.optimizer.state_dict()
         value = float(total)
         return {"log_joint": value, "postfix": {"log_joint": f"{value:.4g}"}}
 
@@ -241,7 +240,6 @@ class VIAlgorithm(Algorithm[VIState]):
         state.trace.append(info["elbo"])
         info = {**info, "beta": beta, "postfix": {"elbo": f"{info['elbo']:.4g}"}}
         info.update(live.trainer.after_step(i + 1, live.optimizer))
-        self._record(state, live)
         return info
 
     def _start(self, state: VIState) -> None:
@@ -274,9 +272,16 @@ class VIAlgorithm(Algorithm[VIState]):
         self._live = _Live(state, "fit", optimizer, scheduler, trainer)
         return self._live
 
-    def _record(self, state: VIState, live: _Live) -> None:
-        """Copy what the live objects changed into the State."""
-        family = live.trainer.family()
-        state.loc, state.raw_scale, state.mask = family.loc, family.raw_scale, family.mask
+    def record(self, state: VIState) -> VIState:
+        """Copy what the live objects changed into the State: the guide's tensors and the
+        optimiser's and scheduler's state (the driver asks before a checkpoint and at the end,
+        not at every step: building the state dicts costs a step's tenth on a small model)."""
+        live = self._live
+        if live is None or live.state is not state:
+            return state
+        if live.stage == "fit":
+            family = live.trainer.family()
+            state.loc, state.raw_scale, state.mask = family.loc, family.raw_scale, family.mask
+            state.scheduler = None if live.scheduler is None else live.scheduler.state_dict()
         state.optimizer = live.optimizer.state_dict()
-        state.scheduler = None if live.scheduler is None else live.scheduler.state_dict()
+        return state
