@@ -35,6 +35,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib.util
+import os
+import shutil
 import types
 import warnings
 from collections.abc import Callable, Iterator
@@ -45,7 +48,7 @@ import torch
 
 from .state import map_tensors
 
-__all__ = ["compile_step", "skip_guard_checks"]
+__all__ = ["compile_step", "compiler_available", "skip_guard_checks"]
 
 #: ``tanh(x) = 2 / (1 + exp(-2x)) - 1`` in the CPU kernels, not Sleef's tanh: the gradient of a
 #: tanh network takes a third less time, for an absolute error of a few units in the last place
@@ -55,6 +58,15 @@ _INDUCTOR_OPTIONS = {"cpp.use_decompose_tanh": True}
 #: Whether :func:`skip_guard_checks` skips them (the tests turn it off to check, with
 #: recompilation made an error, that no step of a whole run ever needs a new graph).
 SKIP_GUARDS = True
+
+
+def compiler_available(device: torch.device) -> bool:
+    """Whether :func:`torch.compile` can build code for ``device``: a C++ compiler on a CPU
+    (``$CXX``, ``c++``, ``g++`` or ``clang++``), Triton on a GPU."""
+    if device.type == "cuda":
+        return importlib.util.find_spec("triton") is not None
+    names = (os.environ.get("CXX", ""), "c++", "g++", "clang++")
+    return any(name and shutil.which(name) for name in names)
 
 
 def skip_guard_checks() -> contextlib.AbstractContextManager:

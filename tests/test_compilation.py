@@ -323,3 +323,72 @@ def test_compiled_nuts_resumed_after_ctrl_c_equals_the_uninterrupted_run(tmp_pat
     for name, value in reference.sample_stats.items():
         assert torch.equal(resumed.sample_stats[name], value), name
     assert resumed.attrs == reference.attrs
+
+
+def _tiny_bnn_problem():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(30, 2, generator=gen)
+    y = torch.sin(x[:, 0]) + 0.1 * torch.randn(30, generator=gen)
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(2, 4), nn.Tanh(), nn.Linear(4, 1))
+    return BNN(net, priors.Gaussian(1.0), likelihoods.Gaussian(0.3)), x, y
+
+
+def test_compile_auto_stays_eager_on_a_short_run_and_draws_as_eager():
+    bnn, x, y = _tiny_bnn_problem()
+    settings = {"chains": 2, "warmup": 6, "draws": 6, "max_tree_depth": 3}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        auto = NUTS(**settings, compile="auto").fit(bnn, x, y, seed=0, progress=False)
+        eager = NUTS(**settings).fit(bnn, x, y, seed=0, progress=False)
+    assert auto.attrs["compiled"] == 0 and auto.attrs["compile"] == "auto"
+    assert torch.equal(auto.theta, eager.theta)
+
+
+@needs_compiler
+def test_compile_auto_compiles_a_long_run_after_its_probe_and_resumes_alike(
+    monkeypatch, tmp_path
+):
+    from bayesdl.inference.mcmc import run as mcmc_run
+
+    monkeypatch.setattr(mcmc_run, "AUTO_MIN_LEAVES", 0)  # every run counts as long
+    bnn, x, y = _tiny_bnn_problem()
+    nuts = NUTS(chains=2, warmup=12, draws=6, max_tree_depth=3, compile="auto")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        whole = nuts.fit(bnn, x, y, seed=0, progress=False)
+        eager = NUTS(chains=2, warmup=12, draws=6, max_tree_depth=3).fit(
+            bnn, x, y, seed=0, progress=False
+        )
+    assert whole.attrs["compiled"] == 1
+    assert not torch.equal(whole.theta, eager.theta)  # compiled from the 11th transition on
+    path = tmp_path / "run.ckpt"
+
+    def stop(event):
+        if event.stage == "warmup" and event.step == 4:  # before the choice
+            raise KeyboardInterrupt
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        nuts.fit(bnn, x, y, seed=0, progress=False, checkpoint=path, callbacks=stop)
+        resumed = nuts.fit(bnn, x, y, progress=False, resume=path)
+    assert resumed.attrs["compiled"] == 1
+    torch.testing.assert_close(resumed.theta, whole.theta, rtol=0, atol=0)
+
+
+def test_compile_auto_never_compiles_without_a_compiler(monkeypatch):
+    from bayesdl.inference.mcmc import run as mcmc_run
+
+    monkeypatch.setattr(mcmc_run, "AUTO_MIN_LEAVES", 0)
+    monkeypatch.setattr(compilation.shutil, "which", lambda name: None)
+    assert not mcmc_run.choose_compiled(100.0, 1000, torch.device("cpu"))
+    monkeypatch.setattr(mcmc_run, "AUTO_MIN_LEAVES", 10**9)
+    monkeypatch.undo()
+    assert not mcmc_run.choose_compiled(10.0, 100, torch.device("cpu"))  # 1,000 < 20,000
+
+
+def test_compile_takes_true_false_or_auto():
+    with pytest.raises(TypeError, match=r"^compile: expected True, False or 'auto'"):
+        NUTS(compile="yes")
+    with pytest.raises(ValueError, match=r"^compile: only the bayesdl engine"):
+        NUTS(compile=True, engine="pyro")

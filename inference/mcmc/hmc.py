@@ -115,7 +115,7 @@ class HamiltonianBackend(Backend):
         engine: str,
         step_size: float | None,
         jit: bool,
-        compile: bool,
+        compile: bool | str,
     ) -> None:
         self.chains = check_count("chains", chains)
         self.warmup = check_count("warmup", warmup, minimum=0)
@@ -129,16 +129,16 @@ class HamiltonianBackend(Backend):
         self.engine = engine
         self.step_size = None if step_size is None else check_positive("step_size", step_size)
         self.jit = bool(jit)
-        if not isinstance(compile, bool):
-            raise TypeError(f"compile: expected a bool, got {type(compile).__name__}")
-        if compile and engine != "bayesdl":
+        if not isinstance(compile, bool) and compile != "auto":
+            raise TypeError(f"compile: expected True, False or 'auto', got {compile!r}")
+        if compile is True and engine != "bayesdl":
             raise ValueError("compile: only the bayesdl engine compiles (Pyro's has jit)")
         self.compile = compile
 
     @abstractmethod
-    def _transition(self, for_bnn: bool, device: torch.device) -> Transition:
+    def _transition(self, for_bnn: bool, device: torch.device, compiled: bool) -> Transition:
         """The bayesdl engine's transition for these settings (``for_bnn``: under ``fit``) on
-        ``device``."""
+        ``device``, running a compiled step or not."""
 
     @abstractmethod
     def _pyro_kernel(self, model: Callable[..., Any], init_values: dict[str, Tensor]) -> Any:
@@ -150,7 +150,9 @@ class HamiltonianBackend(Backend):
 
     def _desc(self) -> str:
         """The progress bar's label, e.g. ``NUTS (bayesdl, compiled, 4 chains)``."""
-        engine = f"{self.engine}, compiled" if self.compile else self.engine
+        engine = {True: f"{self.engine}, compiled", "auto": f"{self.engine}, compile=auto"}.get(
+            self.compile, self.engine
+        )
         return f"{self.name.upper()} ({engine}, {self.chains} chains)"
 
     def _attrs(self) -> dict[str, Any]:
@@ -158,7 +160,7 @@ class HamiltonianBackend(Backend):
             "inference": self.name,
             "engine": self.engine,
             "mass": self.mass,
-            "compile": int(self.compile),
+            "compile": self.compile if self.compile == "auto" else int(self.compile),
         }
 
     def fit(
@@ -273,8 +275,10 @@ class HamiltonianBackend(Backend):
         probe: Inputs | None = None,
     ) -> MCMCAlgorithm:
         """The bayesdl engine's algorithm for these settings."""
+        device = init_theta.device
+        auto = self.compile == "auto"
         return MCMCAlgorithm(
-            self._transition(for_bnn, init_theta.device),
+            self._transition(for_bnn, device, compiled=self.compile is True),
             log_density,
             init_theta,
             seeds,
@@ -284,6 +288,7 @@ class HamiltonianBackend(Backend):
             dense_mass=self.mass == "dense",
             step_size=self.step_size,
             compile=self.compile,
+            compiled_transition=self._transition(for_bnn, device, compiled=True) if auto else None,
             max_tree_depth=self._caps(for_bnn)["max_tree_depth"],
             bnn=bnn,
             probe=probe,
@@ -438,7 +443,7 @@ class HMC(HamiltonianBackend):
         Compile Pyro's potential (engine ``"pyro"`` only).
     compile
         Capture each leapfrog step, gradient included, in one :func:`torch.compile` graph
-        (bayesdl engine only); see :class:`~.nuts.NUTS`.
+        (bayesdl engine only), or ``"auto"``; see :class:`~.nuts.NUTS`.
     """
 
     name = "hmc"
@@ -486,8 +491,8 @@ class HMC(HamiltonianBackend):
             return super()._caps(for_bnn)
         return {"max_tree_depth": None, "max_steps": self._max_steps(for_bnn)}
 
-    def _transition(self, for_bnn: bool, device: torch.device) -> Transition:
-        step = robust_step(compile_step(hmc_step), hmc_step) if self.compile else hmc_step
+    def _transition(self, for_bnn: bool, device: torch.device, compiled: bool) -> Transition:
+        step = robust_step(compile_step(hmc_step), hmc_step) if compiled else hmc_step
         max_steps = self._max_steps(for_bnn)
 
         def transition(state, step_size, metric, log_density_and_grad, rng):

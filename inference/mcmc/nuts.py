@@ -71,8 +71,11 @@ class NUTS(HamiltonianBackend):
         Compile Pyro's potential with TorchScript (``engine="pyro"`` only; without it Pyro
         re-runs the model at every gradient and takes minutes per hundred draws).
     compile
-        Capture the trajectory's leaves (leapfrog step, gradient and tree bookkeeping), two
-        per call, in one :func:`torch.compile` graph (bayesdl engine only). Compiling takes
+        ``True``: capture the trajectory's leaves (leapfrog step, gradient and tree
+        bookkeeping), two per call (eight, in a CUDA graph, on a GPU), in one
+        :func:`torch.compile` graph (bayesdl engine only). ``"auto"``: run the first
+        transitions eagerly and compile the rest if the run is long enough to repay it
+        (:func:`~.run.choose_compiled`; ``attrs["compiled"]`` says what was chosen). Compiling takes
         15-30 s once per run; after that a leaf takes 3-6x less time than eagerly on a CPU,
         and 64 chains sample a BNN faster than NumPyro's (``benchmarks/RESULTS.md``). Worth
         it for runs longer than a minute. The log density must be traceable by
@@ -130,11 +133,11 @@ class NUTS(HamiltonianBackend):
     def _caps(self, for_bnn: bool) -> dict[str, int | None]:
         return {"max_tree_depth": self._depth(for_bnn), "max_steps": None}
 
-    def _transition(self, for_bnn: bool, device: torch.device) -> Transition:
+    def _transition(self, for_bnn: bool, device: torch.device, compiled: bool) -> Transition:
         depth = self._depth(for_bnn)
         leaves = nuts_leaves
         per_call = 1
-        if self.compile:  # rerun eagerly where the density raises (.robust)
+        if compiled:  # rerun eagerly where the density raises (.robust)
             leaves = robust_step(compile_step(nuts_leaves), nuts_leaves)
             per_call = leaves_per_call(device)
 

@@ -31,7 +31,7 @@ from bayesdl.distributed import all_reduce_sum
 from bayesdl.posterior import Posterior
 
 from ..base import finish
-from ..compilation import skip_guard_checks
+from ..compilation import compiler_available, skip_guard_checks
 from ..driver import Algorithm, RunControl, Seeds, gather_chains, run
 from ..gradients import functional_value_and_grad, value_and_grad
 from ..health import ProgressMonitor
@@ -78,6 +78,11 @@ class MCMCState:
         ``(C,)`` evaluations of the log density that raised during the warmup.
     divergences
         Divergent transitions while sampling, over all chains (for the progress bar).
+    compiled
+        Whether the transitions run the compiled step; ``None`` while ``compile="auto"`` has
+        not decided yet (:func:`choose_compiled`).
+    leaves
+        Leapfrog steps of the lockstep batch so far (per transition, the most of any chain).
     """
 
     integrator: IntegratorState
@@ -88,6 +93,8 @@ class MCMCState:
     density: list[DensityMemory]
     raised_warmup: Tensor
     divergences: int = 0
+    compiled: bool | None = None
+    leaves: int = 0
 
 
 class MCMCAlgorithm(Algorithm[MCMCState]):
@@ -111,10 +118,14 @@ class MCMCAlgorithm(Algorithm[MCMCState]):
         Initial step size; ``None`` finds one with Hoffman & Gelman's heuristic. With
         ``warmup=0`` it is used as is (no adaptation).
     compile
-        The transition runs a compiled step (:mod:`bayesdl.inference.compilation`); its
-        gradient is then taken with :func:`torch.func`
-        (:func:`~bayesdl.inference.gradients.functional_value_and_grad`). Either way the
-        transition gets a :class:`~.robust.RobustLogDensity`.
+        ``True``: ``transition`` runs a compiled step (:mod:`bayesdl.inference.compilation`);
+        its gradient is then taken with :func:`torch.func`
+        (:func:`~bayesdl.inference.gradients.functional_value_and_grad`). ``"auto"``:
+        ``transition`` is the eager one and ``compiled_transition`` the compiled one, chosen
+        after the first transitions (:func:`choose_compiled`). Either way the transition gets
+        a :class:`~.robust.RobustLogDensity`.
+    compiled_transition
+        With ``compile="auto"``, the compiled transition.
     max_tree_depth, bnn, probe
         For the progress bar (:class:`~bayesdl.inference.health.ProgressMonitor`): the share
         of iterations at the depth cap, and the function-space R-hat at the probe inputs (with
@@ -133,13 +144,15 @@ class MCMCAlgorithm(Algorithm[MCMCState]):
         target_accept: float,
         dense_mass: bool,
         step_size: float | None,
-        compile: bool = False,
+        compile: bool | str = False,
+        compiled_transition: Transition | None = None,
         max_tree_depth: int | None = None,
         bnn: BNN | None = None,
         probe: Inputs | None = None,
     ) -> None:
         chains = init_theta.shape[0]
         self.transition = transition
+        self.compiled_transition = compiled_transition
         self.init_theta = init_theta
         self.seeds = seeds
         self.warmup, self.draws = warmup, draws
@@ -153,6 +166,7 @@ class MCMCAlgorithm(Algorithm[MCMCState]):
             if compile
             else self.density
         )
+        self.total = warmup + draws
         self.densities = [self.density] if not compile else [self.density, self.step_density]
         self.monitor = ProgressMonitor(max_tree_depth, bnn, probe)
 
@@ -194,6 +208,7 @@ class MCMCAlgorithm(Algorithm[MCMCState]):
             rng=rng,
             density=[d.memory() for d in self.densities],
             raised_warmup=self._take_raised(),
+            compiled=None if self.compile == "auto" else bool(self.compile),
         )
 
     def step(self, state: MCMCState, stage: str, i: int) -> tuple[MCMCState, dict[str, Any]]:
@@ -201,11 +216,21 @@ class MCMCAlgorithm(Algorithm[MCMCState]):
         for density, memory in zip(self.densities, state.density, strict=True):
             density.recall(memory)
         used_eps = state.step_size
-        with skip_guard_checks() if self.compile else contextlib.nullcontext():
-            integrator, info = self.transition(
-                state.integrator, used_eps, state.metric, self.step_density, state.rng
+        if state.compiled and self.compiled_transition is not None:  # chosen by "auto"
+            transition, density = self.compiled_transition, self.step_density
+        else:
+            transition = self.transition
+            density = self.density if self.compile == "auto" else self.step_density
+        with skip_guard_checks() if state.compiled else contextlib.nullcontext():
+            integrator, info = transition(
+                state.integrator, used_eps, state.metric, density, state.rng
             )
         state.integrator = integrator
+        state.leaves += int(info.n_steps.max())
+        done = i + 1 if stage == "warmup" else self.warmup + i + 1
+        if state.compiled is None and (done >= AUTO_PROBE or done == self.total):
+            device = integrator.position.device
+            state.compiled = choose_compiled(state.leaves / done, self.total, device)
         out: dict[str, Any] = {}
         if stage == "warmup":
 
@@ -234,6 +259,32 @@ class MCMCAlgorithm(Algorithm[MCMCState]):
             },
         )
         return state, out
+
+
+#: ``compile="auto"`` decides after this many transitions (run eagerly).
+AUTO_PROBE = 10
+#: ... to compile when the whole run's lockstep leapfrog steps, projected from those, reach
+#: this many (see :func:`choose_compiled`).
+AUTO_MIN_LEAVES = 20_000
+
+
+def choose_compiled(
+    leaves_per_transition: float, transitions: int, device: torch.device
+) -> bool:
+    r"""``compile="auto"``'s choice: compile when the run is long enough to repay compiling.
+
+    Compiling costs a fixed time (about 10-30 s on a CPU, for the first graph of a run) and
+    saves a time per leapfrog step of the vectorised batch; the choice is made on the run's
+    projected number of such steps, :math:`\bar L \times (\text{warmup} + \text{draws})`
+    with :math:`\bar L` the mean over the first :data:`AUTO_PROBE` transitions of the most
+    leapfrog steps any chain took, against :data:`AUTO_MIN_LEAVES` (the measurements behind
+    it are in ``benchmarks/RESULTS.md``). It depends only on the run's own transitions, so the
+    same seed gives the same choice and the same draws. Never on a CPU without a C++
+    compiler (``torch.compile`` would fall back after a warning).
+    """
+    if leaves_per_transition * transitions < AUTO_MIN_LEAVES:
+        return False
+    return compiler_available(device)
 
 
 def _draw_stats(
@@ -303,6 +354,7 @@ def run_mcmc(
             "warmup": algorithm.warmup,
             "stopped": result.outcome.reason or "",
             "density_raised_warmup": int(raised_warmup),
+            "compiled": int(bool(state.compiled)),
             "density_error": first_error,
         },
     )
