@@ -461,7 +461,7 @@ class HMC(HamiltonianBackend):
         step_size: float | None = None,
         max_steps: int | None = None,
         jit: bool = True,
-        compile: bool = False,
+        compile: bool | str = "auto",
     ) -> None:
         super().__init__(
             chains, warmup, draws, target_accept, mass, engine, step_size, jit, compile

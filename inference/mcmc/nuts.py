@@ -71,16 +71,17 @@ class NUTS(HamiltonianBackend):
         Compile Pyro's potential with TorchScript (``engine="pyro"`` only; without it Pyro
         re-runs the model at every gradient and takes minutes per hundred draws).
     compile
-        ``True``: capture the trajectory's leaves (leapfrog step, gradient and tree
-        bookkeeping), two per call (eight, in a CUDA graph, on a GPU), in one
-        :func:`torch.compile` graph (bayesdl engine only). ``"auto"``: run the first
-        transitions eagerly and compile the rest if the run is long enough to repay it
-        (:func:`~.run.choose_compiled`; ``attrs["compiled"]`` says what was chosen). Compiling takes
-        15-30 s once per run; after that a leaf takes 3-6x less time than eagerly on a CPU,
-        and 64 chains sample a BNN faster than NumPyro's (``benchmarks/RESULTS.md``). Worth
-        it for runs longer than a minute. The log density must be traceable by
-        :func:`torch.func` (BNNs are) and must not change during the run; if compilation
-        fails, the run goes on eagerly after a ``RuntimeWarning``. A call whose density raises
+        ``"auto"`` (default): run the first transitions eagerly and compile the rest when the
+        run is long enough to repay compiling (:func:`~.run.choose_compiled`: a projected
+        10,000 leapfrog steps of the batch, and a C++ compiler on a CPU; ``attrs["compiled"]``
+        says what was chosen). ``True``: capture the trajectory's leaves (leapfrog step,
+        gradient and tree bookkeeping), two per call (eight, in a CUDA graph, on a GPU), in
+        one :func:`torch.compile` graph (bayesdl engine only); ``False``: never. Compiling
+        takes 5-30 s once per run; after that a leaf takes 3-6x less time than eagerly on a
+        CPU, and 64 chains sample a BNN faster than NumPyro's (``benchmarks/RESULTS.md``).
+        The log density must be traceable by :func:`torch.func` (BNNs are) and must not
+        change during the run; if compilation fails, the run goes on eagerly after a
+        ``RuntimeWarning``. A call whose density raises
         is rerun eagerly (see below).
 
     Notes
@@ -116,7 +117,7 @@ class NUTS(HamiltonianBackend):
         engine: str = "bayesdl",
         step_size: float | None = None,
         jit: bool = True,
-        compile: bool = False,
+        compile: bool | str = "auto",
     ) -> None:
         super().__init__(
             chains, warmup, draws, target_accept, mass, engine, step_size, jit, compile
