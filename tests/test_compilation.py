@@ -346,9 +346,7 @@ def test_compile_auto_stays_eager_on_a_short_run_and_draws_as_eager():
 
 
 @needs_compiler
-def test_compile_auto_compiles_a_long_run_after_its_probe_and_resumes_alike(
-    monkeypatch, tmp_path
-):
+def test_compile_auto_compiles_a_long_run_after_its_probe_and_resumes_alike(monkeypatch, tmp_path):
     from bayesdl.inference.mcmc import run as mcmc_run
 
     monkeypatch.setattr(mcmc_run, "AUTO_MIN_LEAVES", 0)  # every run counts as long

@@ -268,9 +268,7 @@ AUTO_PROBE = 10
 AUTO_MIN_LEAVES = 10_000
 
 
-def choose_compiled(
-    leaves_per_transition: float, transitions: int, device: torch.device
-) -> bool:
+def choose_compiled(leaves_per_transition: float, transitions: int, device: torch.device) -> bool:
     r"""``compile="auto"``'s choice: compile when the run is long enough to repay compiling.
 
     Compiling costs a fixed time (about 5-20 s on a CPU, for the first graph of a run) and
