@@ -48,6 +48,7 @@ from bayesdl.distributed import Ranks, agree_stop, gather_blocks, ranks
 from .base import Callback, Driver, Minibatches, RunOutcome, as_callbacks
 from .checks import check_bnn, check_start
 from .loaders import LoaderBatches, as_loader, dataset_size, first_batch, is_loader
+from .memory import keep_freed_memory
 from .rng import ChainRNG
 from .state import check_path, read_checkpoint, state_record, write_checkpoint
 
@@ -468,6 +469,7 @@ def run(
     batches
         The run's minibatch stream, whose position is checkpointed with the State.
     """
+    keep_freed_memory()  # a step's tensors reuse freed memory (see .memory)
     identity = dict(identity)
     stages = [(name, int(n)) for name, n in algorithm.stages()]
     start = (0, 0)
