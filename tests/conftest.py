@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import signal
 
 import pytest
 import torch
@@ -29,6 +30,19 @@ def shared_data() -> pathlib.Path:
     if not path.is_dir():
         pytest.skip(f"BAYESDL_DATA={env!r} is not a directory: shared data folder absent")
     return path
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _sigint_not_ignored():
+    """Give the suite Python's own SIGINT handler when it was started with SIGINT ignored (a
+    background job of a non-interactive shell inherits ``SIG_IGN``): the Ctrl-C tests send
+    SIGINT to this process and must receive it. Restored after the session."""
+    ignored = signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    if ignored:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    if ignored:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 @pytest.fixture(autouse=True, scope="session")
