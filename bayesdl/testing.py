@@ -41,7 +41,7 @@ from bayesdl.models import BNN, MLP
 if TYPE_CHECKING:  # pragma: no cover
     from bayesdl import Posterior
 
-__all__ = ["BackendContract", "FaultyMLP", "StepRecorder"]
+__all__ = ["BackendContract", "FaultyMLP", "StepRecorder", "press_ctrl_c", "stop_after"]
 
 
 class FaultyMLP(MLP):
@@ -296,7 +296,7 @@ class BackendContract:
             with tempfile.TemporaryDirectory() as folder:
                 path = os.path.join(folder, "run.ckpt")
                 with pytest.warns(RuntimeWarning, match="interrupted during"):
-                    partial = self.fit(seed=0, checkpoint=path, callbacks=StepRecorder(stop, _stop))
+                    partial = self.fit(seed=0, checkpoint=path, callbacks=stop_after(stop))
                 assert partial.partial
                 resumed = self.fit(seed=1, resume=path)  # the file's streams, not seed=1
             _assert_same_run(resumed, reference, f"resumed after step {stop}")
@@ -327,7 +327,7 @@ class BackendContract:
         with tempfile.TemporaryDirectory() as folder:
             path = os.path.join(folder, "run.ckpt")
             with pytest.warns(RuntimeWarning, match="interrupted during"):
-                self.fit(seed=0, checkpoint=path, callbacks=StepRecorder(1, _stop))
+                self.fit(seed=0, checkpoint=path, callbacks=stop_after(1))
             with pytest.raises(ValueError, match=r"^resume: .*different run \(data"):
                 self.fit(seed=0, problem=(bnn, x, y + 1.0), resume=path)
             with pytest.raises(FileNotFoundError, match=r"^resume: no checkpoint"):
@@ -349,10 +349,16 @@ class BackendContract:
         assert (predictive.std > 0).all()
 
 
-def _stop() -> None:
+def press_ctrl_c() -> None:
     """A callback's action: Ctrl-C (a callback's ``KeyboardInterrupt`` stops the run as a
     SIGINT does, after the step)."""
     raise KeyboardInterrupt
+
+
+def stop_after(event: int) -> StepRecorder:
+    """A callback that presses Ctrl-C after the run's ``event``-th step (0-based, counted over
+    all stages), keeping the events it saw."""
+    return StepRecorder(event, press_ctrl_c)
 
 
 def _assert_same_run(posterior: Posterior, reference: Posterior, what: str) -> None:

@@ -27,6 +27,7 @@ from bayesdl.inference.mcmc.nuts import CUDA_LEAVES_PER_CALL, leaves_per_call
 from bayesdl.inference.mcmc.trajectory import hmc_step, hmc_transition, nuts_leaves, nuts_transition
 from bayesdl.inference.rng import ChainRNG
 from bayesdl.models import BNN
+from bayesdl.testing import stop_after
 
 #: torch.compile's CPU backend builds C++; without a compiler it falls back (tested below).
 needs_compiler = pytest.mark.skipif(
@@ -282,18 +283,6 @@ def test_compiled_nuts_recovers_the_linear_regression_posterior(mass, seed):
     check_gaussian_draws(post.theta, problem.mean, problem.precision, z_max=4.0)
 
 
-def _stop_after(step: int):
-    """A callback that presses Ctrl-C (raises ``KeyboardInterrupt``) after event ``step``."""
-    events = []
-
-    def callback(event) -> None:
-        events.append(event)
-        if len(events) - 1 == step:
-            raise KeyboardInterrupt
-
-    return callback
-
-
 @needs_compiler
 @pytest.mark.filterwarnings("error::RuntimeWarning")  # no fallback to eager
 def test_compiled_nuts_resumed_after_ctrl_c_equals_the_uninterrupted_run(tmp_path):
@@ -313,7 +302,7 @@ def test_compiled_nuts_resumed_after_ctrl_c_equals_the_uninterrupted_run(tmp_pat
     path = tmp_path / "nuts.ckpt"
     with pytest.warns(RuntimeWarning, match="interrupted during"):
         partial = nuts().fit(
-            bnn, x, y, seed=0, progress=False, checkpoint=path, callbacks=_stop_after(12)
+            bnn, x, y, seed=0, progress=False, checkpoint=path, callbacks=stop_after(12)
         )
     assert partial.partial and partial.theta.shape[1] == 0
     resumed = nuts().fit(bnn, x, y, seed=1, progress=False, resume=path)  # the file's streams
@@ -362,13 +351,11 @@ def test_compile_auto_compiles_a_long_run_after_its_probe_and_resumes_alike(monk
     assert not torch.equal(whole.theta, eager.theta)  # compiled from the 11th transition on
     path = tmp_path / "run.ckpt"
 
-    def stop(event):
-        if event.stage == "warmup" and event.step == 4:  # before the choice
-            raise KeyboardInterrupt
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        nuts.fit(bnn, x, y, seed=0, progress=False, checkpoint=path, callbacks=stop)
+        nuts.fit(
+            bnn, x, y, seed=0, progress=False, checkpoint=path, callbacks=stop_after(4)
+        )  # before the choice
         resumed = nuts.fit(bnn, x, y, progress=False, resume=path)
     assert resumed.attrs["compiled"] == 1
     torch.testing.assert_close(resumed.theta, whole.theta, rtol=0, atol=0)

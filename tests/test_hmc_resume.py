@@ -13,23 +13,12 @@ import torch
 from bayesdl import likelihoods, priors
 from bayesdl.inference import HMC, NUTS, DensityErrorWarning
 from bayesdl.models import BNN, MLP
+from bayesdl.testing import stop_after
 
 
 def _gaussian(theta: torch.Tensor) -> torch.Tensor:
     scales = torch.tensor([1.0, 3.0, 0.5], dtype=theta.dtype)
     return -0.5 * ((theta / scales) ** 2).sum(-1)
-
-
-def _stop_after(step: int):
-    """A callback that presses Ctrl-C (raises ``KeyboardInterrupt``) after event ``step``."""
-    events = []
-
-    def callback(event) -> None:
-        events.append(event)
-        if len(events) - 1 == step:
-            raise KeyboardInterrupt
-
-    return callback
 
 
 def _assert_same(resumed, reference) -> None:
@@ -56,7 +45,7 @@ def test_sample_resumed_after_ctrl_c_equals_the_uninterrupted_run(tmp_path, samp
     path = tmp_path / "run.ckpt"
     with pytest.warns(RuntimeWarning, match="interrupted during"):
         sampler.sample(
-            _gaussian, init, seed=3, progress=False, checkpoint=path, callbacks=_stop_after(stop)
+            _gaussian, init, seed=3, progress=False, checkpoint=path, callbacks=stop_after(stop)
         )
     _assert_same(sampler.sample(_gaussian, init, seed=4, progress=False, resume=path), reference)
 
@@ -86,7 +75,7 @@ def test_a_resumed_run_leaves_the_global_rng_untouched(tmp_path):
             seed=0,
             progress=False,
             checkpoint=path,
-            callbacks=_stop_after(3),
+            callbacks=stop_after(3),
         )
     state = torch.get_rng_state()
     nuts.sample(_gaussian, torch.zeros(2, 3), progress=False, resume=path)
@@ -123,7 +112,7 @@ def test_a_density_that_raises_resumes_with_its_counts_and_first_error(tmp_path)
         path = tmp_path / f"run{stop}.ckpt"
         with pytest.warns(RuntimeWarning, match="interrupted during"):
             nuts.sample(
-                _raising, init, seed=1, progress=False, checkpoint=path, callbacks=_stop_after(stop)
+                _raising, init, seed=1, progress=False, checkpoint=path, callbacks=stop_after(stop)
             )
         with pytest.warns(DensityErrorWarning):
             resumed = nuts.sample(_raising, init, progress=False, resume=path)

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 from bayesdl import likelihoods, priors
 from bayesdl.inference import SGHMC, SGLD
 from bayesdl.models import BNN, MLP
+from bayesdl.testing import stop_after
 
 
 def _problem() -> tuple[BNN, torch.Tensor, torch.Tensor]:
@@ -69,13 +70,7 @@ def test_resume_with_a_shuffled_loader_equals_the_uninterrupted_run(tmp_path):
     loader = DataLoader(TensorDataset(x, y), batch_size=8, shuffle=True)  # 3 batches an epoch
     whole = _sampler().fit(bnn, loader, seed=2, progress=False)
     path = tmp_path / "run.ckpt"
-    seen: list[int] = []
-
-    def stop(event: object) -> None:
-        seen.append(1)
-        if len(seen) == 5:  # inside the second epoch
-            raise KeyboardInterrupt
-
+    stop = stop_after(4)  # the fifth step: inside the second epoch
     with pytest.warns(RuntimeWarning, match="interrupted"):
         _sampler().fit(bnn, loader, seed=2, progress=False, checkpoint=path, callbacks=stop)
     resumed = _sampler().fit(bnn, loader, seed=2, progress=False, resume=path)

@@ -18,6 +18,7 @@ from bayesdl import likelihoods, priors
 from bayesdl.inference import ConvergenceWarning
 from bayesdl.inference.particles.svgd import SVGD
 from bayesdl.models import BNN, MLP
+from bayesdl.testing import stop_after
 
 DTYPE = torch.float64
 
@@ -31,16 +32,6 @@ def regression(seed: int = 0, n: int = 24):
     x = torch.rand(n, 1, generator=gen, dtype=DTYPE) * 4 - 2
     y = torch.sin(2 * x[:, 0]) + 0.1 * torch.randn(n, generator=gen, dtype=DTYPE)
     return bnn, x, y
-
-
-def stop_after(step: int):
-    """A callback that stops the run (as Ctrl-C does) after ``step``."""
-
-    def callback(event):
-        if event.step == step:
-            raise KeyboardInterrupt
-
-    return callback
 
 
 def fit(svgd: SVGD, seed: int = 0, **kwargs):
