@@ -81,14 +81,19 @@ def skip_guard_checks() -> contextlib.AbstractContextManager:
     return torch.compiler.set_stance(skip_guard_eval_unsafe=True)
 
 
-def compile_step(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """``fn`` compiled with :func:`torch.compile` (static shapes), falling back to ``fn``.
+def compile_step(
+    fn: Callable[..., Any],
+    fallback: Callable[..., Any] | None = None,
+    options: dict[str, Any] | None = None,
+) -> Callable[..., Any]:
+    """``fn`` compiled with :func:`torch.compile` (static shapes), falling back to ``fallback``.
 
     Pyro's argument validation is turned off around each call: the samplers' values need no
     checking and validation cannot be captured. The first call compiles, with guards built
-    even inside :func:`skip_guard_checks`; if that raises and ``fn`` does not, a
-    :class:`RuntimeWarning` names the error and ``fn`` itself serves every call (if ``fn``
-    raises too, its error propagates: the step failed, not the compiler). A later call that
+    even inside :func:`skip_guard_checks`; if that raises and ``fallback`` (default: ``fn``
+    itself, eagerly) does not, a :class:`RuntimeWarning` names the error and ``fallback``
+    serves every call (if it raises too, its error propagates: the step failed, not the
+    compiler). ``options`` are inductor's, added to the library's own. A later call that
     needs another graph inside :func:`skip_guard_checks` (dynamo refuses to build one there)
     gets it built with guards.
     """
@@ -96,9 +101,10 @@ def compile_step(fn: Callable[..., Any]) -> Callable[..., Any]:
     fresh = types.FunctionType(
         fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__
     )
-    compiled_cpu = torch.compile(fresh, dynamic=False, options=_INDUCTOR_OPTIONS)
+    cpu_options = {**_INDUCTOR_OPTIONS, **(options or {})}
+    compiled_cpu = torch.compile(fresh, dynamic=False, options=cpu_options)
     compiled_cuda = torch.compile(
-        fresh, dynamic=False, options={**_INDUCTOR_OPTIONS, "triton.cudagraphs": True}
+        fresh, dynamic=False, options={**cpu_options, "triton.cudagraphs": True}
     )
 
     def graphed(*args: Any) -> Any:
@@ -107,7 +113,8 @@ def compile_step(fn: Callable[..., Any]) -> Callable[..., Any]:
         torch.compiler.cudagraph_mark_step_begin()
         return map_tensors(compiled_cuda(*args), torch.clone)
 
-    runner: Callable[..., Any] | None = None  # the compiled step once it works, else fn
+    instead = fn if fallback is None else fallback
+    runner: Callable[..., Any] | None = None  # the compiled step once it works, else instead
 
     def step(*args: Any) -> Any:
         nonlocal runner
@@ -116,7 +123,7 @@ def compile_step(fn: Callable[..., Any]) -> Callable[..., Any]:
                 try:
                     return runner(*args)
                 except RuntimeError as err:  # raised before the graph runs: nothing has changed
-                    if runner is fn or "skip_guard_eval_unsafe" not in str(err):
+                    if runner is instead or "skip_guard_eval_unsafe" not in str(err):
                         raise
                 with torch.compiler.set_stance("default"):  # a new graph, built with guards
                     return runner(*args)
@@ -126,17 +133,18 @@ def compile_step(fn: Callable[..., Any]) -> Callable[..., Any]:
                     out = compiled(*args)
             except Exception as err:  # a failure of the compiler, or of the step itself
                 # the step's own error (a log density that raises,
-                # :mod:`bayesdl.inference.mcmc.robust`) raises eagerly too: it propagates, and the
-                # next call tries the graph again
-                out = fn(*args)
+                # :mod:`bayesdl.inference.mcmc.robust`) raises in the fallback too: it
+                # propagates, and the next call tries the graph again
+                out = instead(*args)
                 first_line = (str(err).splitlines() or [""])[0]
                 warnings.warn(
                     f"compile=True: torch.compile could not compile {fn.__name__} "
-                    f"({type(err).__name__}: {first_line}); running it eagerly",
+                    f"({type(err).__name__}: {first_line}); "
+                    + ("running it eagerly" if fallback is None else f"running {instead.__name__}"),
                     RuntimeWarning,
                     stacklevel=2,
                 )
-                runner = fn
+                runner = instead
                 return out
             runner = compiled
             return out

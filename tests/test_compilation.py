@@ -27,7 +27,7 @@ from bayesdl.inference.mcmc.nuts import CUDA_LEAVES_PER_CALL, leaves_per_call
 from bayesdl.inference.mcmc.trajectory import hmc_step, hmc_transition, nuts_leaves, nuts_transition
 from bayesdl.inference.rng import ChainRNG
 from bayesdl.models import BNN
-from bayesdl.testing import stop_after
+from bayesdl.testing import StepRecorder, stop_after
 
 #: torch.compile's CPU backend builds C++; without a compiler it falls back (tested below).
 needs_compiler = pytest.mark.skipif(
@@ -377,3 +377,28 @@ def test_compile_takes_true_false_or_auto():
         NUTS(compile="yes")
     with pytest.raises(ValueError, match=r"^compile: only the bayesdl engine"):
         NUTS(compile=True, engine="pyro")
+
+
+@pytest.mark.parametrize(("probe_leaves", "decided_after"), [(1, 1), (10**9, 4)])
+def test_compile_auto_decides_after_its_probe_or_once_it_took_enough_steps(
+    monkeypatch, probe_leaves, decided_after
+):
+    """Deep trees from the first transition end the eager probe early (AUTO_PROBE_LEAVES);
+    otherwise it lasts AUTO_PROBE transitions."""
+    from bayesdl.inference.mcmc import run as mcmc_run
+
+    recorder = StepRecorder()
+    decisions = []
+
+    def spy(leaves_per_transition, transitions, device):
+        decisions.append(len(recorder.events) + 1)  # the transition being taken
+        return False
+
+    monkeypatch.setattr(mcmc_run, "choose_compiled", spy)
+    monkeypatch.setattr(mcmc_run, "AUTO_PROBE", 4)
+    monkeypatch.setattr(mcmc_run, "AUTO_PROBE_LEAVES", probe_leaves)
+    init = torch.zeros(2, 4, dtype=torch.float64)
+    NUTS(chains=2, warmup=5, draws=5, max_tree_depth=3).sample(
+        _correlated_gaussian(), init, seed=0, progress=False, callbacks=[recorder]
+    )
+    assert decisions == [decided_after]

@@ -13,7 +13,14 @@ from torch import Tensor
 from bayesdl._checks import check_count
 
 from ..compilation import compile_step
+from . import looped
 from .hmc import BNN_MAX_TREE_DEPTH, MAX_TREE_DEPTH, HamiltonianBackend
+from .looped import (
+    LOOP_OPTIONS,
+    looped_nuts_trajectory,
+    looped_transition,
+    python_tree_trajectory,
+)
 from .robust import robust_step
 from .run import Transition
 from .trajectory import nuts_leaves, nuts_transition
@@ -74,15 +81,16 @@ class NUTS(HamiltonianBackend):
         ``"auto"`` (default): run the first transitions eagerly and compile the rest when the
         run is long enough to repay compiling (:func:`~.run.choose_compiled`: a projected
         10,000 leapfrog steps of the batch, and a C++ compiler on a CPU; ``attrs["compiled"]``
-        says what was chosen). ``True``: capture the trajectory's leaves (leapfrog step,
-        gradient and tree bookkeeping), two per call (eight, in a CUDA graph, on a GPU), in
-        one :func:`torch.compile` graph (bayesdl engine only); ``False``: never. Compiling
-        takes 5-30 s once per run; after that a leaf takes 3-6x less time than eagerly on a
-        CPU, and 64 chains sample a BNN faster than NumPyro's (``benchmarks/RESULTS.md``).
+        says what was chosen). On a CPU, a run projected to 500,000 such steps captures whole
+        trajectories in one graph instead (:mod:`.looped`, :func:`~.run.choose_looped`;
+        ``attrs["looped"]``). ``True``:
+        capture the trajectory's leaves (leapfrog step, gradient and tree bookkeeping), two
+        per call (eight, in a CUDA graph, on a GPU), in one :func:`torch.compile` graph
+        (bayesdl engine only); ``False``: never. Compiling takes 5-30 s once per run; after
+        that a leaf takes 3-6x less time than eagerly on a CPU (``benchmarks/RESULTS.md``).
         The log density must be traceable by :func:`torch.func` (BNNs are) and must not
         change during the run; if compilation fails, the run goes on eagerly after a
-        ``RuntimeWarning``. A call whose density raises
-        is rerun eagerly (see below).
+        ``RuntimeWarning``. A call whose density raises is rerun eagerly (see below).
 
     Notes
     -----
@@ -134,13 +142,13 @@ class NUTS(HamiltonianBackend):
     def _caps(self, for_bnn: bool) -> dict[str, int | None]:
         return {"max_tree_depth": self._depth(for_bnn), "max_steps": None}
 
-    def _transition(self, for_bnn: bool, device: torch.device, compiled: bool) -> Transition:
+    def _transition(self, for_bnn: bool, init_theta: Tensor, compiled: bool) -> Transition:
         depth = self._depth(for_bnn)
         leaves = nuts_leaves
         per_call = 1
         if compiled:  # rerun eagerly where the density raises (.robust)
             leaves = robust_step(compile_step(nuts_leaves), nuts_leaves)
-            per_call = leaves_per_call(device)
+            per_call = leaves_per_call(init_theta.device)
 
         def transition(state, step_size, metric, log_density_and_grad, rng):
             return nuts_transition(
@@ -155,6 +163,20 @@ class NUTS(HamiltonianBackend):
             )
 
         return transition
+
+    def _looped_transition(self, for_bnn: bool, init_theta: Tensor) -> Transition | None:
+        depth = self._depth(for_bnn)
+        if init_theta.is_cuda:  # a CUDA graph cannot hold the loop: compiled leaves there
+            return None
+        compiled_leaves = robust_step(compile_step(nuts_leaves), nuts_leaves)
+        per_call = leaves_per_call(init_theta.device)
+        trajectory = compile_step(
+            looped_nuts_trajectory,
+            fallback=python_tree_trajectory(compiled_leaves, per_call),
+            options=LOOP_OPTIONS,
+        )
+        eager = python_tree_trajectory(nuts_leaves, 1)  # where the density raises
+        return looped_transition(depth, robust_step(trajectory, eager), looped.LEAVES_PER_ITERATION)
 
     def _pyro_kernel(self, model: Callable[..., Any], init_values: dict[str, Tensor]) -> Any:
         return pyro.infer.NUTS(

@@ -81,6 +81,9 @@ class MCMCState:
     compiled
         Whether the transitions run the compiled step; ``None`` while ``compile="auto"`` has
         not decided yet (:func:`choose_compiled`).
+    looped
+        Whether ``compile="auto"`` chose whole compiled trajectories (NUTS on a small model,
+        a long run: :func:`choose_looped`).
     leaves
         Leapfrog steps of the lockstep batch so far (per transition, the most of any chain).
     """
@@ -94,6 +97,7 @@ class MCMCState:
     raised_warmup: Tensor
     divergences: int = 0
     compiled: bool | None = None
+    looped: bool = False
     leaves: int = 0
 
 
@@ -126,6 +130,9 @@ class MCMCAlgorithm(Algorithm[MCMCState]):
         a :class:`~.robust.RobustLogDensity`.
     compiled_transition
         With ``compile="auto"``, the compiled transition.
+    looped_transition
+        With ``compile="auto"``, a compiled transition that captures whole trajectories
+        (:mod:`.looped`), where the chains' state is small enough, or ``None``.
     max_tree_depth, bnn, probe
         For the progress bar (:class:`~bayesdl.inference.health.ProgressMonitor`): the share
         of iterations at the depth cap, and the function-space R-hat at the probe inputs (with
@@ -146,6 +153,7 @@ class MCMCAlgorithm(Algorithm[MCMCState]):
         step_size: float | None,
         compile: bool | str = False,
         compiled_transition: Transition | None = None,
+        looped_transition: Transition | None = None,
         max_tree_depth: int | None = None,
         bnn: BNN | None = None,
         probe: Inputs | None = None,
@@ -153,6 +161,7 @@ class MCMCAlgorithm(Algorithm[MCMCState]):
         chains = init_theta.shape[0]
         self.transition = transition
         self.compiled_transition = compiled_transition
+        self.looped_transition = looped_transition
         self.init_theta = init_theta
         self.seeds = seeds
         self.warmup, self.draws = warmup, draws
@@ -216,7 +225,9 @@ class MCMCAlgorithm(Algorithm[MCMCState]):
         for density, memory in zip(self.densities, state.density, strict=True):
             density.recall(memory)
         used_eps = state.step_size
-        if state.compiled and self.compiled_transition is not None:  # chosen by "auto"
+        if state.looped and self.looped_transition is not None:  # chosen by "auto"
+            transition, density = self.looped_transition, self.step_density
+        elif state.compiled and self.compiled_transition is not None:  # chosen by "auto"
             transition, density = self.compiled_transition, self.step_density
         else:
             transition = self.transition
@@ -228,9 +239,13 @@ class MCMCAlgorithm(Algorithm[MCMCState]):
         state.integrator = integrator
         state.leaves += int(info.n_steps.max())
         done = i + 1 if stage == "warmup" else self.warmup + i + 1
-        if state.compiled is None and (done >= AUTO_PROBE or done == self.total):
+        probed = done >= AUTO_PROBE or state.leaves >= AUTO_PROBE_LEAVES or done == self.total
+        if state.compiled is None and probed:
             device = integrator.position.device
             state.compiled = choose_compiled(state.leaves / done, self.total, device)
+            state.looped = state.compiled and choose_looped(
+                state.leaves / done, self.total, self.looped_transition is not None
+            )
         out: dict[str, Any] = {}
         if stage == "warmup":
 
@@ -261,8 +276,11 @@ class MCMCAlgorithm(Algorithm[MCMCState]):
         return state, out
 
 
-#: ``compile="auto"`` decides after this many transitions (run eagerly).
+#: ``compile="auto"`` decides after this many transitions (run eagerly), or ...
 AUTO_PROBE = 10
+#: ... as soon as they took this many lockstep leapfrog steps (deep trees from the start: a
+#: 4-chain BNN at depth 8 decides after 4 transitions, not 10, saving a second of eager steps).
+AUTO_PROBE_LEAVES = 1_000
 #: ... to compile when the whole run's lockstep leapfrog steps, projected from those, reach
 #: this many (see :func:`choose_compiled`).
 AUTO_MIN_LEAVES = 10_000
@@ -278,8 +296,9 @@ def choose_compiled(leaves_per_transition: float, transitions: int, device: torc
     compiled run slower only once (eight schools, 14.7 s against 12.0 s, about 20,000 steps);
     on a BNN every default-length run is long enough. The choice is made on the run's
     projected number of such steps, :math:`\bar L \times (\text{warmup} + \text{draws})`
-    with :math:`\bar L` the mean over the first :data:`AUTO_PROBE` transitions of the most
-    leapfrog steps any chain took, against :data:`AUTO_MIN_LEAVES` (the measurements behind
+    with :math:`\bar L` the mean over the first :data:`AUTO_PROBE` transitions (or fewer, once
+    they took :data:`AUTO_PROBE_LEAVES`) of the most leapfrog steps any chain took, against
+    :data:`AUTO_MIN_LEAVES` (the measurements behind
     it are in ``benchmarks/RESULTS.md``). It depends only on the run's own transitions, so the
     same seed gives the same choice and the same draws. Never on a CPU without a C++
     compiler (``torch.compile`` would fall back after a warning).
@@ -287,6 +306,25 @@ def choose_compiled(leaves_per_transition: float, transitions: int, device: torc
     if leaves_per_transition * transitions < AUTO_MIN_LEAVES:
         return False
     return compiler_available(device)
+
+
+#: ``compile="auto"`` captures whole trajectories (where it can) when the run's projected
+#: lockstep leapfrog steps reach this many (see :func:`choose_looped`).
+AUTO_MIN_LOOPED_LEAVES = 500_000
+
+
+def choose_looped(leaves_per_transition: float, transitions: int, available: bool) -> bool:
+    r"""``compile="auto"``'s second choice, once it compiles: whole trajectories in one graph
+    (:mod:`.looped`, where ``available``) rather than the tree in Python with compiled leaves.
+
+    The loop saves the tree's Python, about 17 microseconds per lockstep leapfrog step on a
+    4-chain 3-parameter model, but its graph is not cached (:func:`torch.compile` does not
+    cache graphs that hold a loop): it costs 3 s more to compile than the leaves' graph when
+    the C++ compiler's cache is warm, 10 s when it is cold. The choice: a projected
+    :math:`ar L 	imes (	ext{warmup} + 	ext{draws})` (as :func:`choose_compiled`) of at
+    least :data:`AUTO_MIN_LOOPED_LEAVES`, where the loop repays even a cold compile.
+    """
+    return available and leaves_per_transition * transitions >= AUTO_MIN_LOOPED_LEAVES
 
 
 def _draw_stats(
@@ -357,6 +395,7 @@ def run_mcmc(
             "stopped": result.outcome.reason or "",
             "density_raised_warmup": int(raised_warmup),
             "compiled": int(bool(state.compiled)),
+            "looped": int(state.looped),
             "density_error": first_error,
         },
     )

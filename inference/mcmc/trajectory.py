@@ -53,10 +53,12 @@ from .mass_matrix import Metric
 
 __all__ = [
     "TransitionInfo",
+    "draw_transition",
     "hmc_step",
     "hmc_transition",
     "nuts_leaf",
     "nuts_leaves",
+    "nuts_trajectory",
     "nuts_transition",
 ]
 
@@ -121,6 +123,7 @@ def nuts_leaf(
     metric: Metric,
     log_density_and_grad: LogDensityAndGrad,
     divergence_threshold: float,
+    out_of_place: bool = False,
 ) -> _Subtree:
     """Add one leaf to every chain's subtree: a leapfrog step and its bookkeeping.
 
@@ -151,6 +154,9 @@ def nuts_leaf(
         Both give the same result.
     metric, log_density_and_grad, divergence_threshold
         As in :func:`nuts_transition`.
+    out_of_place
+        Write the checkpoint out of place on any device (a loop body may not write into its
+        carried tensors: :mod:`.looped`).
     """
     building = sub.building
     edge = leapfrog(sub.edge, torch.where(building, signed_step, 0.0), metric, log_density_and_grad)
@@ -167,7 +173,7 @@ def nuts_leaf(
     proposal = _select(take, (edge.position, edge.log_density, edge.grad, energy), sub.proposal)
     ckpt_velocity, ckpt_rho = sub.ckpt_velocity, sub.ckpt_rho
     if isinstance(slot, Tensor):
-        if out_of_place_checkpoints(ckpt_velocity):  # a CUDA graph: no input written in place
+        if out_of_place or out_of_place_checkpoints(ckpt_velocity):  # a CUDA graph or a loop
             ckpt_velocity = ckpt_velocity.index_copy(0, slot, velocity.unsqueeze(0))
             ckpt_rho = ckpt_rho.index_copy(0, slot, sub.rho.unsqueeze(0))
         else:
@@ -216,6 +222,7 @@ def nuts_leaves(
     metric: Metric,
     log_density_and_grad: LogDensityAndGrad,
     divergence_threshold: float,
+    out_of_place: bool = False,
 ) -> _Subtree:
     """``L`` consecutive leaves (:func:`nuts_leaf`) in one call, so in one compiled graph.
 
@@ -235,6 +242,7 @@ def nuts_leaves(
             metric,
             log_density_and_grad,
             divergence_threshold,
+            out_of_place,
         )
         sub = new if i == 0 else _keep(active[i], new, sub)
     return sub
@@ -326,8 +334,7 @@ def nuts_transition(
         ``theta -> (log density, gradient)``.
     rng
         Per-chain random streams; a transition takes, from each chain's stream, one momentum
-        and ``2 * max_tree_depth + 2**max_tree_depth`` uniforms (directions, merges, leaves:
-        those of subtree ``j`` are columns ``2^j - 1`` to ``2^(j+1) - 2``).
+        and ``2 * max_tree_depth + 2**max_tree_depth`` uniforms (:func:`draw_transition`).
     max_tree_depth
         Maximum number of doublings.
     divergence_threshold
@@ -343,6 +350,46 @@ def nuts_transition(
     -------
     (IntegratorState, TransitionInfo)
         The new state (momentum zero: it is resampled next time) and the statistics.
+    """
+    momentum, uniforms = draw_transition(state, metric, rng, max_tree_depth)
+    return nuts_trajectory(
+        state,
+        momentum,
+        uniforms,
+        step_size,
+        metric,
+        log_density_and_grad,
+        max_tree_depth,
+        divergence_threshold,
+        leaves,
+        leaves_per_call,
+    )
+
+
+def draw_transition(
+    state: IntegratorState, metric: Metric, rng: ChainRNG, max_tree_depth: int
+) -> tuple[Tensor, Tensor]:
+    """The random numbers of one NUTS transition: each chain's momentum ``(C, D)`` and
+    ``2 * max_tree_depth + 2**max_tree_depth`` uniforms ``(C, U)`` (directions, merges, leaves:
+    the leaves of subtree ``j`` use columns ``2^j - 1`` to ``2^(j+1) - 2`` of the last block)."""
+    momentum = metric.sample_momentum(rng.normal(state.position.shape[-1]))
+    return momentum, rng.uniform(2 * max_tree_depth + 2**max_tree_depth)
+
+
+def nuts_trajectory(
+    state: IntegratorState,
+    momentum: Tensor,
+    uniforms: Tensor,
+    step_size: Tensor,
+    metric: Metric,
+    log_density_and_grad: LogDensityAndGrad,
+    max_tree_depth: int = 10,
+    divergence_threshold: float = 1000.0,
+    leaves: Callable[..., _Subtree] = nuts_leaves,
+    leaves_per_call: int = 1,
+) -> tuple[IntegratorState, TransitionInfo]:
+    """The trajectory of :func:`nuts_transition` from its random numbers
+    (:func:`draw_transition`), tree logic in Python.
 
     Notes
     -----
@@ -351,8 +398,6 @@ def nuts_transition(
     """
     chains, dim = state.position.shape
     device = state.position.device
-    momentum = metric.sample_momentum(rng.normal(dim))
-    uniforms = rng.uniform(2 * max_tree_depth + 2**max_tree_depth)
     go_right = uniforms[:, :max_tree_depth] < 0.5
     u_merge = uniforms[:, max_tree_depth : 2 * max_tree_depth]
     u_leaf = uniforms[:, 2 * max_tree_depth :]
@@ -435,17 +480,9 @@ def nuts_transition(
                 break
 
         # ---- join the subtree to the tree (chains whose subtree stopped early are done)
-        valid = sub.building
-        done = done | (active & ~valid)
-        take = valid & (u_merge[:, j] < torch.exp(sub.log_weight - log_weight_tree))
-        proposal = _select(take, sub.proposal, proposal)
-        log_weight_tree = torch.where(
-            valid, torch.logaddexp(log_weight_tree, sub.log_weight), log_weight_tree
+        done, left, right, proposal, log_weight_tree, rho = join_subtree(
+            sub, forward, u_merge[:, j], done, left, right, proposal, log_weight_tree, rho, metric
         )
-        rho = torch.where(valid.unsqueeze(-1), rho + sub.rho, rho)
-        right = where(valid & forward, sub.edge, right)
-        left = where(valid & ~forward, sub.edge, left)
-        done = done | (valid & _is_turning(metric, left.momentum, right.momentum, rho))
 
     position, log_density, grad, energy = proposal
     info = TransitionInfo(
@@ -456,6 +493,38 @@ def nuts_transition(
         energy=energy,
     )
     return IntegratorState(position, torch.zeros_like(position), log_density, grad), info
+
+
+def join_subtree(
+    sub: _Subtree,
+    forward: Tensor,
+    u_merge: Tensor,
+    done: Tensor,
+    left: IntegratorState,
+    right: IntegratorState,
+    proposal: tuple[Tensor, ...],
+    log_weight: Tensor,
+    rho: Tensor,
+    metric: Metric,
+) -> tuple[Tensor, IntegratorState, IntegratorState, tuple[Tensor, ...], Tensor, Tensor]:
+    r"""Join a finished subtree to the tree, for the chains whose subtree is valid (did not
+    turn or diverge inside; the other chains still going are done).
+
+    The subtree's proposal replaces the tree's with probability :math:`\min(1, W_\text{new}
+    / W_\text{old})` (``u_merge`` ``(C,)``: biased progressive sampling), its edge becomes
+    the tree's edge in its direction (``forward`` ``(C,)``), and a U-turn of the joined tree
+    ends the chain. Returns the new ``done, left, right, proposal, log_weight, rho``.
+    """
+    valid = sub.building
+    done = done | ~valid
+    take = valid & (u_merge < torch.exp(sub.log_weight - log_weight))
+    proposal = _select(take, sub.proposal, proposal)
+    log_weight = torch.where(valid, torch.logaddexp(log_weight, sub.log_weight), log_weight)
+    rho = torch.where(valid.unsqueeze(-1), rho + sub.rho, rho)
+    right = where(valid & forward, sub.edge, right)
+    left = where(valid & ~forward, sub.edge, left)
+    done = done | (valid & _is_turning(metric, left.momentum, right.momentum, rho))
+    return done, left, right, proposal, log_weight, rho
 
 
 def _select(mask: Tensor, new: tuple[Tensor, ...], old: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
