@@ -108,6 +108,14 @@ def test_the_compiled_loop_matches_the_python_tree_to_rounding():
             _assert_same(python, looped, exact=False)
 
 
+def test_only_chains_with_small_checkpoint_buffers_loop():
+    """``chains * dim * max_tree_depth`` up to LOOP_MAX_ELEMENTS (measured: larger states lose
+    more to the loop's copies than the Python it saves)."""
+    nuts = NUTS(max_tree_depth=8)
+    assert nuts._looped_transition(False, torch.zeros(4, 601)) is not None
+    assert nuts._looped_transition(False, torch.zeros(64, 601)) is None
+
+
 def _auto_everything(monkeypatch) -> None:
     monkeypatch.setattr(mcmc_run, "AUTO_MIN_LEAVES", 0)
     monkeypatch.setattr(mcmc_run, "AUTO_MIN_LOOPED_LEAVES", 0)

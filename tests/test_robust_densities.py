@@ -242,3 +242,21 @@ def test_a_compiled_run_reruns_the_calls_that_raise_eagerly():
     assert bool((post.theta[..., 0] <= BOUND).all())
     assert np.isfinite(post.sample_stats["lp"].numpy()).all()
     assert [w for w in caught if w.category is DensityErrorWarning]
+
+
+@needs_compiler
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # no fallback to the tree in Python
+def test_a_looped_run_reruns_the_transitions_that_raise_eagerly(monkeypatch):
+    """As above for whole trajectories in one compiled loop (inference/mcmc/looped.py): a
+    transition whose loop raises is rerun with the tree in Python and the robust density."""
+    from bayesdl.inference.mcmc import run as mcmc_run
+
+    monkeypatch.setattr(mcmc_run, "AUTO_MIN_LEAVES", 0)
+    monkeypatch.setattr(mcmc_run, "AUTO_MIN_LOOPED_LEAVES", 0)
+    torch.set_default_dtype(torch.float64)
+    post, _ = _sample(NUTS(chains=4, warmup=60, draws=60))
+    assert post.attrs["looped"] == 1
+    assert int(post.sample_stats["density_raised"].sum()) > 0  # while sampling: in loops
+    assert int(post.sample_stats["diverging"].sum()) > 0
+    assert bool((post.theta[..., 0] <= BOUND).all())
+    assert np.isfinite(post.sample_stats["lp"].numpy()).all()

@@ -19,10 +19,11 @@ leaves (those past the end of the subtree masked, as :func:`~.trajectory.nuts_le
 The join is computed at every iteration and kept only where a subtree ends, and the body writes
 the checkpoint buffers out of place (a loop's body may not write into what it carries).
 
-Measured (CPU, one thread; ``benchmarks/RESULTS.md``), per lockstep leapfrog step against the
-tree in Python with compiled leaves: kidiq (4 chains, 3 parameters, 434 observations) 11
-against 28 microseconds, a 4-chain MLP 10-50-1 on diabetes 143 against 176, 64 chains of it
-2,285 against 2,304 (the gradient's time). The graph takes longer to build the first time
+Measured (CPU, one thread; ``benchmarks/looped_vs_leaves.py``), per lockstep leapfrog step
+against the tree in Python with compiled leaves: kidiq (4 chains, 3 parameters, 434
+observations) 22 against 58 microseconds, a 4-chain MLP 10-50-1 on diabetes 145 against 181,
+64 chains of it 2,641 against 2,443 (the copies of the checkpoint buffers cost more than the
+Python saved: :data:`~.nuts.LOOP_MAX_ELEMENTS`). The graph takes longer to build the first time
 (about 19 s against 5-10 s on this machine, the C++ wrapper included); ``compile="auto"`` loops
 only runs long enough to repay that (:func:`~.run.choose_looped`). Graphs that hold a loop are
 not cached by :func:`torch.compile` by default; :data:`LOOP_OPTIONS` marks ``while_loop``
@@ -39,7 +40,11 @@ from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
-from torch._higher_order_ops.while_loop import while_loop
+
+try:  # a private module of torch 2.x: without it, compiled runs keep the tree in Python
+    from torch._higher_order_ops.while_loop import while_loop
+except ImportError:  # pragma: no cover - depends on the torch build
+    while_loop = None
 
 from ..gradients import LogDensityAndGrad
 from .integrators import IntegratorState, where
@@ -56,7 +61,9 @@ from .trajectory import (
 )
 
 __all__ = [
+    "LEAVES_PER_ITERATION",
     "LOOP_OPTIONS",
+    "available",
     "looped_nuts_trajectory",
     "looped_transition",
     "python_tree_trajectory",
@@ -144,6 +151,11 @@ def _unpack(carried: tuple[Tensor, ...]) -> tuple[Tensor, Tensor, _Tree, _Subtre
 
 def _fields(state: IntegratorState) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     return (state.position, state.momentum, state.log_density, state.grad)
+
+
+def available() -> bool:
+    """Whether this torch has the loop (:func:`torch._higher_order_ops.while_loop`)."""
+    return while_loop is not None
 
 
 #: Leaves per iteration of the loop (leaves past the end of a subtree are masked).

@@ -41,6 +41,15 @@ def leaves_per_call(device: torch.device) -> int:
     return CUDA_LEAVES_PER_CALL if device.type == "cuda" else CPU_LEAVES_PER_CALL
 
 
+#: The most elements ``chains * dim * max_tree_depth`` of the checkpoint buffers for which
+#: ``compile="auto"`` may capture whole trajectories (:mod:`.looped`): the loop's body copies
+#: them at every iteration (it may not write into what it carries). Measured per lockstep
+#: leapfrog step (``benchmarks/looped_vs_leaves.py``): the loop 2.6x faster on kidiq (4 x 3 x
+#: 10 elements), 1.25x on a 4-chain MLP 10-50-1 (4 x 601 x 8), 8% slower with 64 chains of it
+#: (64 x 601 x 8).
+LOOP_MAX_ELEMENTS = 2**16
+
+
 class NUTS(HamiltonianBackend):
     """No-U-Turn Hamiltonian Monte Carlo on the full data set.
 
@@ -166,7 +175,10 @@ class NUTS(HamiltonianBackend):
 
     def _looped_transition(self, for_bnn: bool, init_theta: Tensor) -> Transition | None:
         depth = self._depth(for_bnn)
-        if init_theta.is_cuda:  # a CUDA graph cannot hold the loop: compiled leaves there
+        chains, dim = init_theta.shape
+        if init_theta.is_cuda or not looped.available():  # CUDA graphs cannot hold the loop
+            return None
+        if chains * dim * depth > LOOP_MAX_ELEMENTS:
             return None
         compiled_leaves = robust_step(compile_step(nuts_leaves), nuts_leaves)
         per_call = leaves_per_call(init_theta.device)

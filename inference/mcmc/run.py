@@ -82,8 +82,8 @@ class MCMCState:
         Whether the transitions run the compiled step; ``None`` while ``compile="auto"`` has
         not decided yet (:func:`choose_compiled`).
     looped
-        Whether ``compile="auto"`` chose whole compiled trajectories (NUTS on a small model,
-        a long run: :func:`choose_looped`).
+        Whether ``compile="auto"`` chose whole compiled trajectories (NUTS on a CPU, a long
+        run: :func:`choose_looped`).
     leaves
         Leapfrog steps of the lockstep batch so far (per transition, the most of any chain).
     """
@@ -317,12 +317,14 @@ def choose_looped(leaves_per_transition: float, transitions: int, available: boo
     r"""``compile="auto"``'s second choice, once it compiles: whole trajectories in one graph
     (:mod:`.looped`, where ``available``) rather than the tree in Python with compiled leaves.
 
-    The loop saves the tree's Python, about 17 microseconds per lockstep leapfrog step on a
-    4-chain 3-parameter model, but its graph is not cached (:func:`torch.compile` does not
-    cache graphs that hold a loop): it costs 3 s more to compile than the leaves' graph when
-    the C++ compiler's cache is warm, 10 s when it is cold. The choice: a projected
-    :math:`ar L 	imes (	ext{warmup} + 	ext{draws})` (as :func:`choose_compiled`) of at
-    least :data:`AUTO_MIN_LOOPED_LEAVES`, where the loop repays even a cold compile.
+    The loop saves the tree's Python: per lockstep leapfrog step, 36 microseconds on a 4-chain
+    3-parameter regression, 36 on a 4-chain MLP (where the chains' state is small:
+    :data:`~.nuts.LOOP_MAX_ELEMENTS`; ``benchmarks/looped_vs_leaves.py``). Its graph
+    takes longer to build the first time (about 19 s against 5-10 s; later runs of the same
+    model and shapes find both in the on-disk cache and build them in about a second). The
+    choice: a projected :math:`\bar L \times (\text{warmup} + \text{draws})` (as
+    :func:`choose_compiled`) of at least :data:`AUTO_MIN_LOOPED_LEAVES`, where some 20-40
+    microseconds a step repay even the first build.
     """
     return available and leaves_per_transition * transitions >= AUTO_MIN_LOOPED_LEAVES
 
