@@ -14,6 +14,7 @@ is reported separately, as a diagnostic. Also measured: the cost of one vectoris
     python benchmarks/hmc_vs_peers.py --datasets diabetes --chains 1 4 16 64 --draws 150
     python benchmarks/hmc_vs_peers.py --samplers numpyro --numpyro-chains 64   # one contender
     python benchmarks/hmc_vs_peers.py --samplers bayesdl-compile numpyro       # NUTS(compile=True)
+    python benchmarks/hmc_vs_peers.py --plan bayesdl-auto:4 numpyro:4          # the defaults
     python benchmarks/hmc_vs_peers.py --device cuda --datasets diabetes --max-tree-depth 6 \
         --plan bayesdl-compile:64 numpyro:64 bayesdl:64 --budget-seconds 400   # on a GPU
 
@@ -55,7 +56,7 @@ from bayesdl.inference import NUTS
 from bayesdl.models import BNN, MLP
 
 HIDDEN = 50
-SAMPLERS = ("bayesdl", "bayesdl-compile", "numpyro", "pyro", "pyro-nojit")
+SAMPLERS = ("bayesdl", "bayesdl-compile", "bayesdl-auto", "numpyro", "pyro", "pyro-nojit")
 NOISE = 0.5
 PROBES = 5
 
@@ -169,12 +170,14 @@ def _graphs(counters: dict) -> int:
     return int(stats.get("unique_graphs", 0)) + int(recorded)
 
 
-def run_bayesdl(bnn, data, chains, warmup, draws, depth, compile: bool = False) -> Row:
+def run_bayesdl(
+    bnn, data, chains, warmup, draws, depth, compile: bool | str = False, seed: int = 0
+) -> Row:
     counter = GradientCounter()
     synchronize()
     start = time.perf_counter()
     nuts = NUTS(chains=chains, warmup=warmup, draws=draws, max_tree_depth=depth, compile=compile)
-    post = nuts.fit(bnn, data.x_train, data.y_train, seed=0, progress=False, callbacks=[counter])
+    post = nuts.fit(bnn, data.x_train, data.y_train, seed=seed, progress=False, callbacks=[counter])
     synchronize()
     seconds = time.perf_counter() - start
     counters = compile_counters()
@@ -185,8 +188,9 @@ def run_bayesdl(bnn, data, chains, warmup, draws, depth, compile: bool = False) 
     # waste of lockstep chains: mean tree size / max tree size per iteration
     n = post.sample_stats["n_steps"].float()
     efficiency = float((n.mean(0) / n.max(0).values).mean())
+    name = {True: "bayesdl NUTS (compiled)", "auto": "bayesdl NUTS (compile=auto)"}
     return Row(
-        "bayesdl NUTS (compiled)" if compile else "bayesdl NUTS",
+        name.get(compile, "bayesdl NUTS"),
         chains,
         seconds,
         int(grads),
@@ -200,18 +204,20 @@ def run_bayesdl(bnn, data, chains, warmup, draws, depth, compile: bool = False) 
             "lockstep_efficiency": round(efficiency, 3),
             "first_iteration_s": round(counter.first_done - start, 2),
             "graphs_after_first": _graphs(counters) - _graphs(counter.counters_after_first),
+            "compiled": post.attrs.get("compiled"),
+            "looped": post.attrs.get("looped"),
             "compile_counters": counters,
             "device": str(bnn.device),
         },
     )
 
 
-def run_pyro(bnn, data, chains, warmup, draws, depth, jit: bool) -> Row:
+def run_pyro(bnn, data, chains, warmup, draws, depth, jit: bool, seed: int = 0) -> Row:
     counter = GradientCounter()
     start = time.perf_counter()
     post = NUTS(
         chains=chains, warmup=warmup, draws=draws, max_tree_depth=depth, engine="pyro", jit=jit
-    ).fit(bnn, data.x_train, data.y_train, seed=0, progress=False, callbacks=[counter])
+    ).fit(bnn, data.x_train, data.y_train, seed=seed, progress=False, callbacks=[counter])
     seconds = time.perf_counter() - start
     grads = counter.total
     rmse, nll, f = score(bnn, post.theta, data)
@@ -229,7 +235,7 @@ def run_pyro(bnn, data, chains, warmup, draws, depth, jit: bool) -> Row:
     )
 
 
-def run_numpyro(bnn, data, chains, warmup, draws, depth) -> Row | None:
+def run_numpyro(bnn, data, chains, warmup, draws, depth, seed: int = 0) -> Row | None:
     try:
         import jax
         import jax.numpy as jnp
@@ -261,7 +267,7 @@ def run_numpyro(bnn, data, chains, warmup, draws, depth) -> Row | None:
         progress_bar=False,
     )
     start = time.perf_counter()
-    mcmc.warmup(jax.random.PRNGKey(0), x, y, extra_fields=("num_steps",), collect_warmup=True)
+    mcmc.warmup(jax.random.PRNGKey(seed), x, y, extra_fields=("num_steps",), collect_warmup=True)
     warmup_steps = int(np.asarray(mcmc.get_extra_fields()["num_steps"]).sum())
     mcmc.run(mcmc.post_warmup_state.rng_key, x, y, extra_fields=("num_steps",))
     jax.block_until_ready(mcmc.get_samples())
@@ -391,15 +397,17 @@ def run_dataset(name: str, args: argparse.Namespace, report: dict) -> dict:
             results["skipped"].append(f"{sampler}:{c}")
             continue
         try:
-            if sampler in ("bayesdl", "bayesdl-compile"):
-                compile = sampler == "bayesdl-compile"
-                record(run_bayesdl(bnn, data, c, warmup, draws, depth, compile).as_dict())
+            if sampler.startswith("bayesdl"):
+                compile = {"bayesdl": False, "bayesdl-compile": True, "bayesdl-auto": "auto"}
+                row = run_bayesdl(bnn, data, c, warmup, draws, depth, compile[sampler], args.seed)
+                record(row.as_dict())
             elif sampler == "numpyro":
-                row = run_numpyro(bnn, data, c, warmup, draws, depth)
+                row = run_numpyro(bnn, data, c, warmup, draws, depth, args.seed)
                 if row is not None:
                     record(row.as_dict())
             elif sampler == "pyro":
-                record(run_pyro(bnn, data, c, warmup, draws, depth, jit=True).as_dict())
+                row = run_pyro(bnn, data, c, warmup, draws, depth, jit=True, seed=args.seed)
+                record(row.as_dict())
             elif sampler == "pyro-nojit":
                 n = args.nojit_iterations
                 row = run_pyro(bnn, data, 1, n, n, depth, jit=False).as_dict()
@@ -412,7 +420,7 @@ def run_dataset(name: str, args: argparse.Namespace, report: dict) -> dict:
 def default_plan(args: argparse.Namespace) -> list[tuple[str, int]]:
     """Without ``--plan``: each chosen sampler at its chain counts, in the order of SAMPLERS."""
     plan = []
-    for sampler in ("bayesdl", "bayesdl-compile"):
+    for sampler in ("bayesdl", "bayesdl-compile", "bayesdl-auto"):
         if sampler in args.samplers:
             plan += [(sampler, c) for c in args.chains]
     if "numpyro" in args.samplers:
@@ -446,6 +454,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--draws", type=int, default=200)
     parser.add_argument("--max-tree-depth", type=int, default=8, help="for every sampler")
+    parser.add_argument("--seed", type=int, default=0, help="every sampler's seed")
     parser.add_argument(
         "--samplers",
         nargs="+",

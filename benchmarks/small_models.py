@@ -9,7 +9,9 @@ same density (checked at random points before the runs):
   defaults, whatever they are;
 * ``bayesdl-eager``: the same with ``compile=False`` (dropped from the default list while it
   is the default, since it would repeat ``bayesdl``);
-* ``bayesdl-compile``: the same with ``compile=True``;
+* ``bayesdl-compile``: the same with ``compile=True`` (the tree in Python, compiled leaves);
+* ``bayesdl-looped``: the defaults, with ``compile="auto"``'s threshold for whole compiled
+  trajectories (``AUTO_MIN_LOOPED_LEAVES``) at zero: whenever it compiles, it loops;
 * ``numpyro``: NumPyro's NUTS on the jax density (``potential_fn``), chains vectorised;
 * ``pyro``: Pyro's NUTS (``jit_compile=True``) on a Pyro model whose only factor is the torch
   density; its chains run one after another in this process, and its time is their sum.
@@ -74,7 +76,7 @@ from posteriordb_models import pyro_model as make_pyro_model
 from bayesdl.arviz_bridge import import_arviz
 from bayesdl.inference import NUTS
 
-SAMPLERS = ("bayesdl", "bayesdl-eager", "bayesdl-compile", "numpyro", "pyro")
+SAMPLERS = ("bayesdl", "bayesdl-eager", "bayesdl-compile", "bayesdl-looped", "numpyro", "pyro")
 SHORT = {
     "eight_schools-eight_schools_noncentered": "eight_schools",
     "gp_pois_regr-gp_regr": "gp_regr",
@@ -126,6 +128,19 @@ def fresh_inductor_cache() -> Iterator[None]:
             yield
 
 
+@contextlib.contextmanager
+def always_loop() -> Iterator[None]:
+    """``compile="auto"`` captures whole trajectories whenever it compiles."""
+    from bayesdl.inference.mcmc import run as mcmc_run
+
+    saved = mcmc_run.AUTO_MIN_LOOPED_LEAVES
+    mcmc_run.AUTO_MIN_LOOPED_LEAVES = 0
+    try:
+        yield
+    finally:
+        mcmc_run.AUTO_MIN_LOOPED_LEAVES = saved
+
+
 def tree_depth(n_steps: np.ndarray) -> np.ndarray:
     """``ceil(log2(n + 1))``: the depth of a NUTS tree of ``n`` leapfrog steps."""
     return np.ceil(np.log2(np.asarray(n_steps, dtype=np.float64) + 1.0))
@@ -159,6 +174,8 @@ def run_bayesdl(
         "first_iteration_s": round(first, 2),
         "chain_gradients": counter.total,
         "compile": str(getattr(nuts, "compile", "")),
+        "compiled": post.attrs.get("compiled"),
+        "looped": post.attrs.get("looped"),
         "partial": bool(post.partial),
     }
     return (
@@ -274,6 +291,9 @@ def run_sampler(
             draws = run_bayesdl(model, init, args, seed, False)
         elif sampler == "bayesdl-compile":
             draws = run_bayesdl(model, init, args, seed, True)
+        elif sampler == "bayesdl-looped":
+            with always_loop():
+                draws = run_bayesdl(model, init, args, seed, None)
         elif sampler == "numpyro":
             draws = run_numpyro(model, init, args, seed)
         elif sampler == "pyro":
