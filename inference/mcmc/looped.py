@@ -249,8 +249,9 @@ def looped_nuts_trajectory(
         depth = tree.depth + (~done & (next_j < max_depth)).long()
         joined = _Tree(left, right, proposal, log_weight, rho, done, depth)
         after = _pack(next_j, torch.zeros_like(n), joined, opened(next_j, joined, sub))
-        return tuple(
-            torch.where(finished, a, b) for a, b in zip(after, _pack(j, n, tree, sub), strict=True)
+        return tuple(  # what carries over from subtree to subtree is selected by neither
+            a if a is b else torch.where(finished, a, b)
+            for a, b in zip(after, _pack(j, n, tree, sub), strict=True)
         )
 
     done = torch.zeros(chains, dtype=torch.bool, device=device)
