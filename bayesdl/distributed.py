@@ -129,7 +129,12 @@ def _device() -> torch.device:
 
 def agree_stop(code: int) -> int:
     """The largest stop ``code`` over all ranks (0: go on); every rank calls it each step."""
-    flag = torch.tensor([int(code)], device=_device())
+    return all_reduce_max(code)
+
+
+def all_reduce_max(value: int) -> int:
+    """The largest ``value`` over all ranks (every rank calls it)."""
+    flag = torch.tensor([int(value)], device=_device())
     dist.all_reduce(flag, op=dist.ReduceOp.MAX)
     return int(flag.item())
 

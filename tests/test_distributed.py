@@ -200,6 +200,36 @@ def test_nuts_sample_splits_chains_over_ranks():
     assert torch.equal(root.theta, single.theta)
 
 
+def _auto_probe() -> list[float]:
+    """The leapfrog steps ``compile="auto"`` projects for the run, on this process (the
+    choice itself is stubbed out: no compiling)."""
+    from bayesdl.inference.mcmc import run as mcmc_run
+
+    projected: list[float] = []
+
+    def record(leaves_per_transition: float, transitions: int, device: object) -> bool:
+        projected.append(leaves_per_transition * transitions)
+        return False
+
+    mcmc_run.choose_compiled = record
+    mcmc_run.AUTO_PROBE = 3
+    scales = torch.tensor([1.0, 30.0], dtype=torch.float64)
+
+    def log_density(theta: torch.Tensor) -> torch.Tensor:
+        return -0.5 * ((theta * scales) ** 2).sum(-1)
+
+    init = torch.linspace(-1.0, 1.0, 8, dtype=torch.float64).reshape(4, 2)
+    NUTS(chains=4, warmup=10, draws=2).sample(log_density, init, seed=1, progress=False)
+    return projected
+
+
+def test_compile_auto_probes_the_lockstep_of_all_chains_on_every_rank():
+    """Chains split over processes count, while ``compile="auto"`` probes, the most steps of
+    any chain on any rank: every rank makes the choice a one-process run makes."""
+    single = _auto_probe()
+    assert distributed.spawn(_auto_probe, 2) == [single, single]
+
+
 def _fit_and_save(folder: str) -> dict[str, object]:
     bnn, x, y = _problem()
     posterior = _sghmc().fit(bnn, x, y, seed=3, progress=False)

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from bayesdl.distributed import all_reduce_sum
+from bayesdl.distributed import all_reduce_max, all_reduce_sum
 from bayesdl.posterior import Posterior
 
 from ..base import finish
@@ -85,7 +85,8 @@ class MCMCState:
         Whether ``compile="auto"`` chose whole compiled trajectories (NUTS on a CPU, a long
         run: :func:`choose_looped`).
     leaves
-        Leapfrog steps of the lockstep batch so far (per transition, the most of any chain).
+        Leapfrog steps of the lockstep batch (per transition, the most of any chain) while
+        ``compile="auto"`` probes.
     """
 
     integrator: IntegratorState
@@ -179,6 +180,13 @@ class MCMCAlgorithm(Algorithm[MCMCState]):
         self.densities = [self.density] if not compile else [self.density, self.step_density]
         self.monitor = ProgressMonitor(max_tree_depth, bnn, probe)
 
+    def _lockstep_steps(self, info: TransitionInfo) -> int:
+        """The most leapfrog steps any chain took in the transition; over every process when
+        the chains are split over processes, so that all of them (and a run in one process)
+        make the same ``compile="auto"`` choice."""
+        steps = int(info.n_steps.max())
+        return steps if self.seeds.block is None else all_reduce_max(steps)
+
     def stages(self) -> list[tuple[str, int]]:
         return [("warmup", self.warmup), ("sampling", self.draws)]
 
@@ -237,8 +245,9 @@ class MCMCAlgorithm(Algorithm[MCMCState]):
                 state.integrator, used_eps, state.metric, density, state.rng
             )
         state.integrator = integrator
-        state.leaves += int(info.n_steps.max())
         done = i + 1 if stage == "warmup" else self.warmup + i + 1
+        if state.compiled is None:  # compile="auto" probing
+            state.leaves += self._lockstep_steps(info)
         probed = done >= AUTO_PROBE or state.leaves >= AUTO_PROBE_LEAVES or done == self.total
         if state.compiled is None and probed:
             device = integrator.position.device
