@@ -1,13 +1,15 @@
 """Compiled NUTS: whole trajectories in one loop against the tree in Python with compiled leaves.
 
-For each model, runs ``NUTS(compile="auto")`` with ``compile="auto"``'s thresholds at zero
-(so it compiles after its probe), once looping (``inference/mcmc/looped.py``) and once with the
-compiled leaves, alternating, ``--repeats`` times each, in one process (so every run after the
-first of its kind finds its graph in the on-disk cache). Recorded per run: the whole wall time,
-the time of the transition that compiled (the build), and the steady-state time per lockstep
-leapfrog step (the kept draws' wall time over the most leapfrog steps any chain took per draw,
-summed). Models: ``kidiq`` (posteriordb, 4 chains, float64) and the MLP 10-50-1 on diabetes
-of ``hmc_vs_peers.py`` (``bnn4``, ``bnn64``: 4 or 64 chains, depth 8).
+For each model, runs ``NUTS(compile="auto")`` with ``compile="auto"``'s thresholds at zero (so
+it compiles after its probe) and without the limit on the chains' state size
+(``LOOP_MAX_ELEMENTS``, which these runs measure), once looping (``inference/mcmc/looped.py``)
+and once with the compiled leaves, alternating, ``--repeats`` times each, in one process (so
+every run after the first of its kind finds its graph in the on-disk cache). Recorded per run:
+the whole wall time, the time of the transition that compiled (the build), and the
+steady-state time per lockstep leapfrog step (the kept draws' wall time over the most leapfrog
+steps any chain took per draw, summed). Models: ``kidiq`` (posteriordb, 4 chains, float64) and
+the MLP 10-50-1 on diabetes of ``hmc_vs_peers.py`` (``bnn4``, ``bnn64``: 4 or 64 chains,
+depth 8). Results of models not run are kept in ``--out``.
 
     BAYESDL_DATA=../shared/data OMP_NUM_THREADS=1 python benchmarks/looped_vs_leaves.py \\
         --models kidiq bnn4 bnn64 --repeats 2
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
@@ -28,6 +31,7 @@ from hmc_vs_peers import load, make_bnn
 from posteriordb_models import load_model
 
 from bayesdl.inference import NUTS
+from bayesdl.inference.mcmc import nuts as nuts_module
 from bayesdl.inference.mcmc import run as mcmc_run
 
 DEFAULT_OUT = "benchmarks/results/looped_vs_leaves.json"
@@ -78,6 +82,7 @@ def measure(run: Callable[[list], object], warmup: int, looped: bool) -> dict:
     """One run with the loop or with the compiled leaves."""
     mcmc_run.AUTO_MIN_LEAVES = 0
     mcmc_run.AUTO_MIN_LOOPED_LEAVES = 0 if looped else 10**15
+    nuts_module.LOOP_MAX_ELEMENTS = 2**62  # the limit on the state's size is what is measured
     torch._dynamo.reset()
     clock = Clock()
     start = time.perf_counter()
@@ -103,11 +108,12 @@ def main() -> None:
     parser.add_argument("--out", default=DEFAULT_OUT)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    report = {
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
-        "torch": torch.__version__,
-        "models": {},
-    }
+    report = {"models": {}}
+    if os.path.exists(args.out):  # other models' results are kept
+        with open(args.out) as fh:
+            report = json.load(fh)
+    report["machine"] = f"{platform.machine()}, {torch.get_num_threads()} torch threads"
+    report["torch"] = torch.__version__
     for key in args.models:
         label, run, warmup = MODELS[key]()
         rows = [measure(run, warmup, looped) for _ in range(args.repeats) for looped in (1, 0)]

@@ -21,10 +21,10 @@ the checkpoint buffers out of place (a loop's body may not write into what it ca
 
 Measured (CPU, one thread; ``benchmarks/looped_vs_leaves.py``), per lockstep leapfrog step
 against the tree in Python with compiled leaves: kidiq (4 chains, 3 parameters, 434
-observations) 22 against 58 microseconds, a 4-chain MLP 10-50-1 on diabetes 145 against 181,
-64 chains of it 2,641 against 2,443 (the copies of the checkpoint buffers cost more than the
-Python saved: :data:`~.nuts.LOOP_MAX_ELEMENTS`). The graph takes longer to build the first time
-(about 19 s against 5-10 s on this machine, the C++ wrapper included); ``compile="auto"`` loops
+observations) 20 against 56 microseconds, a 4-chain MLP 10-50-1 on diabetes 137 against 170;
+64 chains of it gain nothing (the copies of the checkpoint buffers cost as much as the Python
+saved: :data:`~.nuts.LOOP_MAX_ELEMENTS`). The graph takes longer to build the first time
+(17-23 s against 5-10 s on this machine, the C++ wrapper included); ``compile="auto"`` loops
 only runs long enough to repay that (:func:`~.run.choose_looped`). Graphs that hold a loop are
 not cached by :func:`torch.compile` by default; :data:`LOOP_OPTIONS` marks ``while_loop``
 cacheable, which the cache keys by the loop's body too (tested), so that later runs of the

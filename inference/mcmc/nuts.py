@@ -44,9 +44,9 @@ def leaves_per_call(device: torch.device) -> int:
 #: The most elements ``chains * dim * max_tree_depth`` of the checkpoint buffers for which
 #: ``compile="auto"`` may capture whole trajectories (:mod:`.looped`): the loop's body copies
 #: them at every iteration (it may not write into what it carries). Measured per lockstep
-#: leapfrog step (``benchmarks/looped_vs_leaves.py``): the loop 2.6x faster on kidiq (4 x 3 x
-#: 10 elements), 1.25x on a 4-chain MLP 10-50-1 (4 x 601 x 8), 8% slower with 64 chains of it
-#: (64 x 601 x 8).
+#: leapfrog step (``benchmarks/looped_vs_leaves.py``): the loop 2.8x faster on kidiq (4 x 3 x
+#: 10 elements), 1.24x on a 4-chain MLP 10-50-1 (4 x 601 x 8), no faster with 64 chains of it
+#: (64 x 601 x 8; 0.76-1.02x over four pairs of runs).
 LOOP_MAX_ELEMENTS = 2**16
 
 

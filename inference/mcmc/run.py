@@ -327,9 +327,9 @@ def choose_looped(leaves_per_transition: float, transitions: int, available: boo
     (:mod:`.looped`, where ``available``) rather than the tree in Python with compiled leaves.
 
     The loop saves the tree's Python: per lockstep leapfrog step, 36 microseconds on a 4-chain
-    3-parameter regression, 36 on a 4-chain MLP (where the chains' state is small:
+    3-parameter regression, 33 on a 4-chain MLP (where the chains' state is small:
     :data:`~.nuts.LOOP_MAX_ELEMENTS`; ``benchmarks/looped_vs_leaves.py``). Its graph
-    takes longer to build the first time (about 19 s against 5-10 s; later runs of the same
+    takes longer to build the first time (17-23 s against 5-10 s; later runs of the same
     model and shapes find both in the on-disk cache and build them in about a second). The
     choice: a projected :math:`\bar L \times (\text{warmup} + \text{draws})` (as
     :func:`choose_compiled`) of at least :data:`AUTO_MIN_LOOPED_LEAVES`, where some 20-40
