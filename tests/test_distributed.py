@@ -211,15 +211,18 @@ def _auto_probe() -> list[float]:
         projected.append(leaves_per_transition * transitions)
         return False
 
-    mcmc_run.choose_compiled = record
-    mcmc_run.AUTO_PROBE = 3
     scales = torch.tensor([1.0, 30.0], dtype=torch.float64)
 
     def log_density(theta: torch.Tensor) -> torch.Tensor:
         return -0.5 * ((theta * scales) ** 2).sum(-1)
 
     init = torch.linspace(-1.0, 1.0, 8, dtype=torch.float64).reshape(4, 2)
-    NUTS(chains=4, warmup=10, draws=2).sample(log_density, init, seed=1, progress=False)
+    saved = mcmc_run.choose_compiled, mcmc_run.AUTO_PROBE
+    mcmc_run.choose_compiled, mcmc_run.AUTO_PROBE = record, 3
+    try:  # also called in the test's own process: put the module back
+        NUTS(chains=4, warmup=10, draws=2).sample(log_density, init, seed=1, progress=False)
+    finally:
+        mcmc_run.choose_compiled, mcmc_run.AUTO_PROBE = saved
     return projected
 
 
