@@ -55,6 +55,7 @@ from .trajectory import (
     _leaf_tables,
     _Subtree,
     draw_transition,
+    first_subtree,
     join_subtree,
     nuts_leaves,
     nuts_trajectory,
@@ -183,7 +184,7 @@ def looped_nuts_trajectory(
     :func:`torch.compile`. Returns the proposal (position, log density, gradient, energy) and
     the statistics (mean acceptance, leapfrog steps, depth, divergence) per chain.
     """
-    chains, dim = position.shape
+    chains = position.shape[0]
     max_depth = closes.shape[1]
     device = position.device
     go_right = uniforms[:, :max_depth] < 0.5
@@ -265,18 +266,7 @@ def looped_nuts_trajectory(
         done=done,
         depth=torch.ones(chains, dtype=torch.long, device=device),
     )
-    sub = _Subtree(
-        edge=start,
-        building=done,
-        log_weight=minus_inf,
-        proposal=proposal,
-        rho=momentum,
-        ckpt_velocity=momentum.new_zeros(max_depth, chains, dim),
-        ckpt_rho=momentum.new_zeros(max_depth, chains, dim),
-        accept_sum=torch.zeros(chains, dtype=torch.float64, device=device),
-        n_steps=torch.zeros(chains, dtype=torch.long, device=device),
-        diverging=done,
-    )
+    sub = first_subtree(start, proposal, max_depth)
     j = torch.zeros((), dtype=torch.long, device=device)
     # copies: a loop may not carry one tensor twice, nor its own inputs
     carried = tuple(t.clone() for t in _pack(j, torch.zeros_like(j), tree, opened(j, tree, sub)))

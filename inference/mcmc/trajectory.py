@@ -396,7 +396,7 @@ def nuts_trajectory(
     A chain that has stopped keeps being integrated with step size zero, which leaves its
     state unchanged without masking every tensor; its leaves are never used.
     """
-    chains, dim = state.position.shape
+    chains = state.position.shape[0]
     device = state.position.device
     go_right = uniforms[:, :max_tree_depth] < 0.5
     u_merge = uniforms[:, max_tree_depth : 2 * max_tree_depth]
@@ -417,19 +417,7 @@ def nuts_trajectory(
     rho = momentum.clone()
     done = torch.zeros(chains, dtype=torch.bool, device=device)
     depth = torch.zeros(chains, dtype=torch.long, device=device)
-    # the statistics and checkpoint buffers carry over; the rest is set for each subtree
-    sub = _Subtree(
-        edge=start,
-        building=done,
-        log_weight=log_weight_tree,
-        proposal=proposal,
-        rho=rho,
-        ckpt_velocity=momentum.new_zeros(max_tree_depth, chains, dim),
-        ckpt_rho=momentum.new_zeros(max_tree_depth, chains, dim),
-        accept_sum=torch.zeros(chains, dtype=torch.float64, device=device),
-        n_steps=torch.zeros(chains, dtype=torch.long, device=device),
-        diverging=torch.zeros_like(done),
-    )
+    sub = first_subtree(start, proposal, max_tree_depth)
 
     for j in range(max_tree_depth):
         active = ~done
@@ -493,6 +481,29 @@ def nuts_trajectory(
         energy=energy,
     )
     return IntegratorState(position, torch.zeros_like(position), log_density, grad), info
+
+
+def first_subtree(
+    start: IntegratorState, proposal: tuple[Tensor, ...], max_tree_depth: int
+) -> _Subtree:
+    """A transition's subtree record before its first doubling: statistics and checkpoint
+    buffers zero (they carry over from subtree to subtree); the other fields, set at every
+    doubling, hold the start point and ``proposal``, with no chain building."""
+    chains, dim = start.position.shape
+    device = start.position.device
+    stopped = torch.zeros(chains, dtype=torch.bool, device=device)
+    return _Subtree(
+        edge=start,
+        building=stopped,
+        log_weight=torch.full((chains,), -math.inf, dtype=torch.float64, device=device),
+        proposal=proposal,
+        rho=torch.zeros_like(start.momentum),
+        ckpt_velocity=start.momentum.new_zeros(max_tree_depth, chains, dim),
+        ckpt_rho=start.momentum.new_zeros(max_tree_depth, chains, dim),
+        accept_sum=torch.zeros(chains, dtype=torch.float64, device=device),
+        n_steps=torch.zeros(chains, dtype=torch.long, device=device),
+        diverging=torch.zeros_like(stopped),
+    )
 
 
 def join_subtree(
