@@ -136,9 +136,9 @@ class HamiltonianBackend(Backend):
         self.compile = compile
 
     @abstractmethod
-    def _transition(self, for_bnn: bool, init_theta: Tensor, compiled: bool) -> Transition:
-        """The bayesdl engine's transition for these settings (``for_bnn``: under ``fit``) for
-        chains shaped like ``init_theta`` ``(C, D)``, running a compiled step or not."""
+    def _transition(self, for_bnn: bool, device: torch.device, compiled: bool) -> Transition:
+        """The bayesdl engine's transition for these settings (``for_bnn``: under ``fit``) on
+        ``device``, running a compiled step or not."""
 
     def _looped_transition(self, for_bnn: bool, init_theta: Tensor) -> Transition | None:
         """A compiled transition that captures whole trajectories, for chains shaped like
@@ -280,9 +280,10 @@ class HamiltonianBackend(Backend):
         probe: Inputs | None = None,
     ) -> MCMCAlgorithm:
         """The bayesdl engine's algorithm for these settings."""
+        device = init_theta.device
         auto = self.compile == "auto"
         return MCMCAlgorithm(
-            self._transition(for_bnn, init_theta, compiled=self.compile is True),
+            self._transition(for_bnn, device, compiled=self.compile is True),
             log_density,
             init_theta,
             seeds,
@@ -292,9 +293,7 @@ class HamiltonianBackend(Backend):
             dense_mass=self.mass == "dense",
             step_size=self.step_size,
             compile=self.compile,
-            compiled_transition=(
-                self._transition(for_bnn, init_theta, compiled=True) if auto else None
-            ),
+            compiled_transition=self._transition(for_bnn, device, compiled=True) if auto else None,
             looped_transition=self._looped_transition(for_bnn, init_theta) if auto else None,
             max_tree_depth=self._caps(for_bnn)["max_tree_depth"],
             bnn=bnn,
@@ -498,7 +497,7 @@ class HMC(HamiltonianBackend):
             return super()._caps(for_bnn)
         return {"max_tree_depth": None, "max_steps": self._max_steps(for_bnn)}
 
-    def _transition(self, for_bnn: bool, init_theta: Tensor, compiled: bool) -> Transition:
+    def _transition(self, for_bnn: bool, device: torch.device, compiled: bool) -> Transition:
         step = robust_step(compile_step(hmc_step), hmc_step) if compiled else hmc_step
         max_steps = self._max_steps(for_bnn)
 

@@ -275,6 +275,27 @@ def looped_nuts_trajectory(
     return (*tree.proposal, acceptance_rate, sub.n_steps, tree.depth, sub.diverging)
 
 
+def _flat_results(state: IntegratorState, info: TransitionInfo) -> tuple[Tensor, ...]:
+    """A transition's result as :func:`looped_nuts_trajectory` returns it."""
+    return (
+        state.position,
+        state.log_density,
+        state.grad,
+        info.energy,
+        info.acceptance_rate,
+        info.n_steps,
+        info.tree_depth,
+        info.diverging,
+    )
+
+
+def _from_flat_results(results: tuple[Tensor, ...]) -> tuple[IntegratorState, TransitionInfo]:
+    """The inverse of :func:`_flat_results` (momentum zero: it is drawn anew next time)."""
+    position, log_density, grad, energy, accept, n_steps, depth, diverging = results
+    info = TransitionInfo(accept, n_steps, depth, diverging, energy)
+    return IntegratorState(position, torch.zeros_like(position), log_density, grad), info
+
+
 def python_tree_trajectory(leaves: Callable[..., Any], leaves_per_call: int) -> Callable[..., Any]:
     """:func:`looped_nuts_trajectory`'s signature and results, computed by
     :func:`~.trajectory.nuts_trajectory` (the tree in Python) with ``leaves`` (the plain
@@ -308,16 +329,7 @@ def python_tree_trajectory(leaves: Callable[..., Any], leaves_per_call: int) -> 
             leaves,
             leaves_per_call,
         )
-        return (
-            new.position,
-            new.log_density,
-            new.grad,
-            info.energy,
-            info.acceptance_rate,
-            info.n_steps,
-            info.tree_depth,
-            info.diverging,
-        )
+        return _flat_results(new, info)
 
     trajectory.__name__ = f"the tree in Python with {leaves_per_call} leaves per call"
     return trajectory
@@ -341,7 +353,7 @@ def looped_transition(
         device = state.position.device
         slots, closes, _ = _leaf_tables(max_tree_depth, 1, device)
         lanes = _lanes(leaves_per_iteration, device)
-        position, log_density, grad, energy, accept, n_steps, depth, diverging = trajectory(
+        results = trajectory(
             state.position,
             state.log_density,
             state.grad,
@@ -355,8 +367,7 @@ def looped_transition(
             lanes,
             divergence_threshold,
         )
-        info = TransitionInfo(accept, n_steps, depth, diverging, energy)
-        return IntegratorState(position, torch.zeros_like(position), log_density, grad), info
+        return _from_flat_results(results)
 
     return transition
 

@@ -151,13 +151,13 @@ class NUTS(HamiltonianBackend):
     def _caps(self, for_bnn: bool) -> dict[str, int | None]:
         return {"max_tree_depth": self._depth(for_bnn), "max_steps": None}
 
-    def _transition(self, for_bnn: bool, init_theta: Tensor, compiled: bool) -> Transition:
+    def _transition(self, for_bnn: bool, device: torch.device, compiled: bool) -> Transition:
         depth = self._depth(for_bnn)
         leaves = nuts_leaves
         per_call = 1
         if compiled:  # rerun eagerly where the density raises (.robust)
             leaves = robust_step(compile_step(nuts_leaves), nuts_leaves)
-            per_call = leaves_per_call(init_theta.device)
+            per_call = leaves_per_call(device)
 
         def transition(state, step_size, metric, log_density_and_grad, rng):
             return nuts_transition(
