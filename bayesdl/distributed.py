@@ -30,6 +30,7 @@ chooses).
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -204,7 +205,15 @@ def _spawned(
     backend: str,
     folder: str,
 ) -> None:
-    """One process of :func:`spawn`: join the group, run ``fn``, store its result."""
+    """One process of :func:`spawn`: join the group, run ``fn``, store its result, and end
+    the process at once.
+
+    Ending with :func:`os._exit` skips the interpreter's finalisation: there, a gloo worker
+    thread still releasing the last collective's tensors needs the GIL, the interpreter
+    ends the thread, and the C++ runtime aborts the process (``terminate called without an
+    active exception``, SIGABRT) after its result was stored. An exception still ends the
+    process through :mod:`torch.multiprocessing`, which reports it.
+    """
     os.environ.update(
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(port),
@@ -220,3 +229,6 @@ def _spawned(
         dist.barrier()  # no rank tears the group down while another still uses it
     finally:
         dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

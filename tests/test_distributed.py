@@ -251,3 +251,19 @@ def test_only_rank_0_writes_a_saved_posterior(tmp_path):
 
 def _fit_on_own_folder(folders: list[str]) -> dict[str, object]:
     return _fit_and_save(folders[torch.distributed.get_rank()])
+
+
+def _register_exit_marker(path: str) -> int:
+    import atexit
+
+    atexit.register(lambda: open(path, "w").close())
+    return distributed.all_reduce_max(torch.distributed.get_rank())
+
+
+def test_spawned_processes_end_without_the_interpreters_finalisation(tmp_path):
+    """Finalisation can abort a process whose gloo threads still release tensors (SIGABRT
+    after the result was stored): spawn's processes end before it, so exit handlers never
+    run, while the results still come back."""
+    marker = tmp_path / "finalised"
+    assert distributed.spawn(_register_exit_marker, 2, str(marker)) == [1, 1]
+    assert not marker.exists()
