@@ -384,6 +384,8 @@ class BNN(ParameterSites):
         """
         if validate:
             x, y = self.check_data(x, y)
+        if not (torch.compiler.is_compiling() or self._priors_built()):
+            self._build_prior_caches()
         n = inputs.num_rows(x)
         lik_scale = self._num_data(num_data, n) / n
         temperature = self.temperature
@@ -402,6 +404,15 @@ class BNN(ParameterSites):
             return lp_prior + lp_lik / temperature + jacobian
 
         return log_joint
+
+    def _build_prior_caches(self) -> None:
+        """Build the prior's cached terms (:meth:`_gaussian_block`, :meth:`_fixed_prior`, ...)
+        now, by scoring a zero ``theta``: built on the first call of a compiled log joint,
+        they would break its graph, and the rest of it would run eagerly."""
+        theta = torch.zeros(1, self.num_params, dtype=self.dtype, device=self.device)
+        with _unvalidated():
+            self._log_prior(theta, self.unravel(theta))
+            self._log_abs_det_jacobian(theta)
 
     def log_joint(self, theta: Tensor, x: Inputs, y: Tensor, num_data: int | None = None) -> Tensor:
         """Log joint density of unconstrained ``theta`` ``(P, D)`` -> ``(P,)``, tempered.

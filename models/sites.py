@@ -178,6 +178,11 @@ class ParameterSites:
                 self._priors[key] = w.prior.distribution(w.name, param, module, {})
         return self._priors[key]
 
+    def _priors_built(self) -> bool:
+        """Whether the prior was scored at the sites' dtype and device (the Gaussian block,
+        which every log prior builds first, is cached)."""
+        return ("gaussian block", self.dtype, self.device) in self._priors
+
     def _gaussian_block(self) -> GaussianBlock:
         """The fixed-Normal-prior sites as one :class:`GaussianBlock` (built once)."""
         key = ("gaussian block", self.dtype, self.device)

@@ -11,6 +11,7 @@ import os
 import shutil
 import warnings
 
+import pyro
 import pytest
 import torch
 from statistical.blr import check_gaussian_draws, linear_regression
@@ -26,7 +27,7 @@ from bayesdl.inference.mcmc.mass_matrix import Metric
 from bayesdl.inference.mcmc.nuts import CUDA_LEAVES_PER_CALL, leaves_per_call
 from bayesdl.inference.mcmc.trajectory import hmc_step, hmc_transition, nuts_leaves, nuts_transition
 from bayesdl.inference.rng import ChainRNG
-from bayesdl.models import BNN
+from bayesdl.models import BNN, MLP
 from bayesdl.testing import StepRecorder, stop_after
 
 #: torch.compile's CPU backend builds C++; without a compiler it falls back (tested below).
@@ -402,3 +403,27 @@ def test_compile_auto_decides_after_its_probe_or_once_it_took_enough_steps(
         _correlated_gaussian(), init, seed=0, progress=False, callbacks=[recorder]
     )
     assert decisions == [decided_after]
+
+
+@needs_compiler
+@pytest.mark.parametrize(
+    "prior",
+    [priors.Gaussian(1.0), priors.StudentT(3.0), priors.InverseGammaScale()],
+    ids=["gaussian", "student-t", "hierarchical"],
+)
+def test_a_fresh_bnns_log_joint_compiles_whole(prior):
+    """``torch.compile(..., fullgraph=True)`` of the log joint's gradient, before anything
+    evaluated it eagerly: the prior's cached blocks are built when ``log_joint_fn`` returns,
+    not inside the compiled function (their first build there broke the graph, and the rest
+    ran eagerly, some 8x slower, without a word)."""
+    torch.manual_seed(0)
+    bnn = BNN(MLP(3, [8], 1, "tanh"), prior, likelihoods.Gaussian(0.5))
+    x, y = torch.randn(20, 3), torch.randn(20)
+    log_joint = bnn.log_joint_fn(x, y)
+    theta = 0.1 * torch.randn(4, bnn.num_params)
+    compiled = torch.compile(functional_value_and_grad(log_joint), fullgraph=True)
+    with pyro.validation_enabled(False):  # as compile_step: validation cannot be captured
+        value, grad = compiled(theta)
+    expected_value, expected_grad = value_and_grad(log_joint)(theta)
+    torch.testing.assert_close(value, expected_value)
+    torch.testing.assert_close(grad, expected_grad)
