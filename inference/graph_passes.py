@@ -10,8 +10,8 @@ bias added inside the matrix product, as BLAS does with ``beta = 1``) the activa
 one flat vectorised loop over the product's output instead.
 
 Measured on the CPU machine (MLP 10-50-1 on diabetes, float32, one thread, the compiled
-log density and gradient): 1.48 ms against 1.91 ms at 64 chains, 0.164 against 0.182 ms at 4
-chains (8 interleaved repeats each; ``benchmarks/RESULTS.md``).
+log density and gradient, medians of 8 interleaved repeats): 1.57 ms against 2.05 ms at 64
+chains, 0.152 against 0.168 ms at 4 (``benchmarks/bias_into_bmm.py``, ``benchmarks/RESULTS.md``).
 """
 
 from __future__ import annotations

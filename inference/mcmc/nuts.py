@@ -50,6 +50,12 @@ def leaves_per_call(device: torch.device) -> int:
 LOOP_MAX_ELEMENTS = 2**16
 
 
+def _compiled_leaves() -> Callable[..., Any]:
+    """:func:`~.trajectory.nuts_leaves` compiled, rerun eagerly where the density raises
+    (:mod:`.robust`)."""
+    return robust_step(compile_step(nuts_leaves), nuts_leaves)
+
+
 class NUTS(HamiltonianBackend):
     """No-U-Turn Hamiltonian Monte Carlo on the full data set.
 
@@ -155,9 +161,8 @@ class NUTS(HamiltonianBackend):
         depth = self._depth(for_bnn)
         leaves = nuts_leaves
         per_call = 1
-        if compiled:  # rerun eagerly where the density raises (.robust)
-            leaves = robust_step(compile_step(nuts_leaves), nuts_leaves)
-            per_call = leaves_per_call(device)
+        if compiled:
+            leaves, per_call = _compiled_leaves(), leaves_per_call(device)
 
         def transition(state, step_size, metric, log_density_and_grad, rng):
             return nuts_transition(
@@ -180,11 +185,9 @@ class NUTS(HamiltonianBackend):
             return None
         if chains * dim * depth > LOOP_MAX_ELEMENTS:
             return None
-        compiled_leaves = robust_step(compile_step(nuts_leaves), nuts_leaves)
-        per_call = leaves_per_call(init_theta.device)
         trajectory = compile_step(
             looped_nuts_trajectory,
-            fallback=python_tree_trajectory(compiled_leaves, per_call),
+            fallback=python_tree_trajectory(_compiled_leaves(), CPU_LEAVES_PER_CALL),
             options=LOOP_OPTIONS,
         )
         eager = python_tree_trajectory(nuts_leaves, 1)  # where the density raises
