@@ -405,6 +405,39 @@ def test_compile_auto_decides_after_its_probe_or_once_it_took_enough_steps(
     assert decisions == [decided_after]
 
 
+@pytest.mark.parametrize(
+    ("loop_max_elements", "min_leaves", "decided_after"),
+    [(0, 1, 1), (0, 10**9, 4), (10**9, 1, 4)],
+    ids=["no-loop-long-run", "no-loop-short-run", "loop-possible"],
+)
+def test_compile_auto_compiles_after_one_transition_where_no_loop_can_be_chosen(
+    monkeypatch, loop_max_elements, min_leaves, decided_after
+):
+    """Where the state is too large to loop, a first transition that already projects
+    AUTO_MIN_LEAVES ends the (eager, costly) probe; a shorter projection, or a state that
+    could loop, waits for the whole probe."""
+    from bayesdl.inference.mcmc import nuts as nuts_module
+    from bayesdl.inference.mcmc import run as mcmc_run
+
+    recorder = StepRecorder()
+    decisions = []
+
+    def spy(leaves_per_transition, transitions, device):
+        decisions.append(len(recorder.events) + 1)
+        return False
+
+    monkeypatch.setattr(mcmc_run, "choose_compiled", spy)
+    monkeypatch.setattr(mcmc_run, "AUTO_PROBE", 4)
+    monkeypatch.setattr(mcmc_run, "AUTO_PROBE_LEAVES", 10**9)
+    monkeypatch.setattr(mcmc_run, "AUTO_MIN_LEAVES", min_leaves)
+    monkeypatch.setattr(nuts_module, "LOOP_MAX_ELEMENTS", loop_max_elements)
+    init = torch.zeros(2, 4, dtype=torch.float64)
+    NUTS(chains=2, warmup=5, draws=5, max_tree_depth=3).sample(
+        _correlated_gaussian(), init, seed=0, progress=False, callbacks=[recorder]
+    )
+    assert decisions == [decided_after]
+
+
 @needs_compiler
 @pytest.mark.parametrize(
     "prior",

@@ -200,9 +200,10 @@ def test_nuts_sample_splits_chains_over_ranks():
     assert torch.equal(root.theta, single.theta)
 
 
-def _auto_probe() -> list[float]:
+def _auto_probe(loop_max_elements: int | None = None) -> list[float]:
     """The leapfrog steps ``compile="auto"`` projects for the run, on this process (the
-    choice itself is stubbed out: no compiling)."""
+    choice itself is stubbed out: no compiling); ``loop_max_elements=0``: no loop possible."""
+    from bayesdl.inference.mcmc import nuts as nuts_module
     from bayesdl.inference.mcmc import run as mcmc_run
 
     projected: list[float] = []
@@ -217,12 +218,16 @@ def _auto_probe() -> list[float]:
         return -0.5 * ((theta * scales) ** 2).sum(-1)
 
     init = torch.linspace(-1.0, 1.0, 8, dtype=torch.float64).reshape(4, 2)
-    saved = mcmc_run.choose_compiled, mcmc_run.AUTO_PROBE
+    saved = mcmc_run.choose_compiled, mcmc_run.AUTO_PROBE, mcmc_run.AUTO_MIN_LEAVES
+    loop = nuts_module.LOOP_MAX_ELEMENTS
     mcmc_run.choose_compiled, mcmc_run.AUTO_PROBE = record, 3
-    try:  # also called in the test's own process: put the module back
+    if loop_max_elements is not None:  # and any projection long enough to compile early
+        nuts_module.LOOP_MAX_ELEMENTS, mcmc_run.AUTO_MIN_LEAVES = loop_max_elements, 1
+    try:  # also called in the test's own process: put the modules back
         NUTS(chains=4, warmup=10, draws=2).sample(log_density, init, seed=1, progress=False)
     finally:
-        mcmc_run.choose_compiled, mcmc_run.AUTO_PROBE = saved
+        mcmc_run.choose_compiled, mcmc_run.AUTO_PROBE, mcmc_run.AUTO_MIN_LEAVES = saved
+        nuts_module.LOOP_MAX_ELEMENTS = loop
     return projected
 
 
@@ -231,6 +236,16 @@ def test_compile_auto_probes_the_lockstep_of_all_chains_on_every_rank():
     any chain on any rank: every rank makes the choice a one-process run makes."""
     single = _auto_probe()
     assert distributed.spawn(_auto_probe, 2) == [single, single]
+
+
+def test_split_runs_keep_the_whole_probe_where_no_loop_can_be_chosen():
+    """One process ends the probe after one transition where no loop can be chosen; ranks
+    (which may differ on the loop, holding different numbers of chains) all probe for
+    AUTO_PROBE transitions: the projection is made from three transitions, not one."""
+    whole_probe = _auto_probe()
+    assert _auto_probe(0) != whole_probe  # one process: projected from the first transition
+    ranks = distributed.spawn(_auto_probe, 2, 0)
+    assert ranks == [whole_probe, whole_probe]
 
 
 def _fit_and_save(folder: str) -> dict[str, object]:

@@ -230,15 +230,22 @@ def nuts_leaves(
     arguments; leaf ``l > 0`` is discarded unless ``active[l]`` (leaves past the end of a
     subtree shorter than ``L``). Leaves after every chain has stopped cost time but change
     nothing: stopped chains take steps of size zero and their subtrees are discarded.
+
+    With ``L`` even, a call starts at an even leaf of its subtree (calls take ``L`` leaves at a
+    time from leaf 0), so the parity of each leaf is known when the graph is built: an even
+    leaf closes no block (its U-turn checks over all ``K`` slots are skipped) and an odd
+    leaf's checkpoint is never read (not written; see :func:`_leaf_tables`). Skipping them
+    changes no result: the masks discarded what they computed.
     """
+    paired = u_leaves.shape[1] % 2 == 0
     for i in range(u_leaves.shape[1]):
         new = nuts_leaf(
             sub,
             signed_step,
             energy0,
             u_leaves[:, i],
-            slots[i],
-            closes[i],
+            None if paired and i % 2 else slots[i],
+            None if paired and i % 2 == 0 else closes[i],
             metric,
             log_density_and_grad,
             divergence_threshold,

@@ -1,0 +1,107 @@
+"""``compile="auto"`` on a 64-chain BNN before and after two changes of issue 18, same process
+settings, variants interleaved.
+
+* ``before``: the eager probe lasts until 1,000 lockstep leapfrog steps (four transitions at
+  depth 8), and every compiled leaf runs the U-turn checks against all ``K`` checkpoint slots
+  and writes its checkpoint (the masks discard what does not matter);
+* ``early``: the probe ends after the first transition when no loop can be chosen and the
+  projection already reaches the threshold (``MCMCAlgorithm._compiles_early``);
+* ``both`` (the library now): also, with two leaves per call, the even leaf skips the U-turn
+  checks and the odd leaf the checkpoint write (``trajectory.nuts_leaves``).
+
+The older behaviours are restored by patching the module attributes in this process only.
+Each variant runs in its own process (a fresh dynamo cache; inductor's on-disk cache kept).
+
+    BAYESDL_DATA=../shared/data OMP_NUM_THREADS=1 python benchmarks/auto_probe_ab.py \\
+        --transitions 30 --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+VARIANTS = ("before", "early", "both")
+
+
+def all_checks_leaves(sub, signed_step, energy0, u_leaves, slots, closes, active, *rest, **kw):
+    """``nuts_leaves`` as it was: every leaf checks all slots and writes its checkpoint."""
+    from bayesdl.inference.mcmc import trajectory
+
+    for i in range(u_leaves.shape[1]):
+        new = trajectory.nuts_leaf(
+            sub, signed_step, energy0, u_leaves[:, i], slots[i], closes[i], *rest, **kw
+        )
+        sub = new if i == 0 else trajectory._keep(active[i], new, sub)
+    return sub
+
+
+def run_variant(variant: str, transitions: int, chains: int) -> dict:
+    """One whole ``NUTS(compile="auto")`` run of ``variant`` in this process."""
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    import hmc_vs_peers
+
+    from bayesdl.inference.mcmc import nuts, run
+
+    torch.set_num_threads(1)
+    if variant == "before":
+        run.MCMCAlgorithm._compiles_early = lambda self, leaves_per_transition: False
+    if variant in ("before", "early"):
+        nuts.nuts_leaves = all_checks_leaves
+    data = hmc_vs_peers.load("diabetes")
+    bnn = hmc_vs_peers.make_bnn(data.x_train.shape[1])
+    row = hmc_vs_peers.run_bayesdl(
+        bnn, data, chains, transitions, transitions, 8, compile="auto", seed=0
+    )
+    return {
+        "variant": variant,
+        "seconds": row.seconds,
+        "chain_gradients": row.gradients,
+        "first_iteration_s": row.extra["first_iteration_s"],
+        "compiled": row.extra["compiled"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--transitions", type=int, default=30, help="warmup = draws = this")
+    parser.add_argument("--chains", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)
+    parser.add_argument("--out", default="benchmarks/results/auto_probe_ab.json")
+    args = parser.parse_args()
+    if args.variant:  # a child process: one run, its row on stdout
+        print(json.dumps(run_variant(args.variant, args.transitions, args.chains)))
+        return
+    rows = []
+    for repeat in range(args.repeats):
+        for variant in VARIANTS:
+            command = [sys.executable, __file__, "--variant", variant]
+            command += ["--transitions", str(args.transitions), "--chains", str(args.chains)]
+            out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+            row = {"repeat": repeat, **json.loads(out.strip().splitlines()[-1])}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    medians = {
+        v: statistics.median(r["seconds"] for r in rows if r["variant"] == v) for v in VARIANTS
+    }
+    print(json.dumps({"median_seconds": medians}))
+    result = {
+        "machine": platform.processor() or platform.machine(),
+        "command": " ".join(sys.argv),
+        "settings": vars(args),
+        "rows": rows,
+        "median_seconds": medians,
+    }
+    Path(args.out).write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
