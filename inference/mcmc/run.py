@@ -294,7 +294,7 @@ class MCMCAlgorithm(Algorithm[MCMCState]):
         large state, a GPU: ``looped_transition`` is ``None``) the probe only decides whether to
         compile, and a projection that already reaches :data:`AUTO_MIN_LEAVES` settles that.
         The probe is eager, and an eager transition of a large state costs several compiled
-        ones (a 64-chain MLP 10-50-1 at depth 8: 2.9 s against 0.5 s). A projection below the
+        ones (a 64-chain MLP 10-50-1 at depth 8: about 3 s against 0.5 s). A projection below the
         threshold waits for the full probe: a shallow first tree does not rule compiling out.
         Only in one process: ranks holding different numbers of chains may differ on the loop,
         and all of them must stop probing (a collective) at the same transition."""
