@@ -96,7 +96,7 @@ class NUTS(HamiltonianBackend):
         ``"auto"`` (default): run the first transitions eagerly and compile the rest when the
         run is long enough to repay compiling (:func:`~.run.choose_compiled`: a projected
         10,000 leapfrog steps of the batch, and a C++ compiler on a CPU; ``attrs["compiled"]``
-        says what was chosen). On a CPU, a run projected to 500,000 such steps captures whole
+        says what was chosen). On a CPU, a run projected to 40,000 such steps captures whole
         trajectories in one graph instead (:mod:`.looped`, :func:`~.run.choose_looped`;
         ``attrs["looped"]``). ``True``:
         capture the trajectory's leaves (leapfrog step, gradient and tree bookkeeping), two

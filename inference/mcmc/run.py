@@ -341,7 +341,7 @@ def choose_compiled(leaves_per_transition: float, transitions: int, device: torc
 
 #: ``compile="auto"`` captures whole trajectories (where it can) when the run's projected
 #: lockstep leapfrog steps reach this many (see :func:`choose_looped`).
-AUTO_MIN_LOOPED_LEAVES = 500_000
+AUTO_MIN_LOOPED_LEAVES = 40_000
 
 
 def choose_looped(leaves_per_transition: float, transitions: int, available: bool) -> bool:
@@ -351,11 +351,18 @@ def choose_looped(leaves_per_transition: float, transitions: int, available: boo
     The loop saves the tree's Python: per lockstep leapfrog step, 36 microseconds on a 4-chain
     3-parameter regression, 33 on a 4-chain MLP (where the chains' state is small:
     :data:`~.nuts.LOOP_MAX_ELEMENTS`; ``benchmarks/looped_vs_leaves.py``). Its graph
-    takes longer to build the first time (17-23 s against 5-10 s; later runs of the same
-    model and shapes find both in the on-disk cache and build them in about a second). The
-    choice: a projected :math:`\bar L \times (\text{warmup} + \text{draws})` (as
-    :func:`choose_compiled`) of at least :data:`AUTO_MIN_LOOPED_LEAVES`, where some 20-40
-    microseconds a step repay even the first build.
+    takes longer to build the first time, its C++ wrapper built apart from its kernels
+    (:data:`~.looped.LOOP_OPTIONS`). Whole runs from an empty inductor cache
+    (``benchmarks/RESULTS.md``, "The loop's wrapper built apart"):
+
+    - kidiq, 4 x 1,000 + 1,000: 10.1 s looped against 11.0 s with the compiled leaves;
+    - a 4-chain MLP at depth 8, 100 + 100: 25.7 against 23.3 s.
+
+    From the on-disk cache of an earlier run they take 3.6-3.8 against 6.9-7.1 s, and 11.3
+    against 12.9 s. The choice: a projected
+    :math:`\bar L \times (\text{warmup} + \text{draws})` (as :func:`choose_compiled`) of
+    at least :data:`AUTO_MIN_LOOPED_LEAVES`. Both runs above project about 50,000 steps.
+    Kidiq then takes 145,000, the first transitions of its warmup being its shallowest.
     """
     return available and leaves_per_transition * transitions >= AUTO_MIN_LOOPED_LEAVES
 
