@@ -5,7 +5,7 @@ settings, variants interleaved.
   depth 8), and every compiled leaf runs the U-turn checks against all ``K`` checkpoint slots
   and writes its checkpoint (the masks discard what does not matter);
 * ``early``: the probe ends after the first transition when no loop can be chosen and the
-  projection already reaches the threshold (``MCMCAlgorithm._compiles_early``);
+  projection already reaches the threshold (``MCMCAlgorithm._probed``);
 * ``both`` (the library now): also, with two leaves per call, the even leaf skips the U-turn
   checks and the odd leaf the checkpoint write (``trajectory.nuts_leaves``).
 
@@ -52,7 +52,9 @@ def run_variant(variant: str, transitions: int, chains: int) -> dict:
 
     torch.set_num_threads(1)
     if variant == "before":
-        run.MCMCAlgorithm._compiles_early = lambda self, leaves_per_transition: False
+        run.MCMCAlgorithm._probed = lambda self, done, leaves, per_transition: (
+            done >= run.AUTO_PROBE or leaves >= run.AUTO_PROBE_LEAVES or done == self.total
+        )
     if variant in ("before", "early"):
         nuts.nuts_leaves = all_checks_leaves
     data = hmc_vs_peers.load("diabetes")

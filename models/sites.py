@@ -181,11 +181,15 @@ class ParameterSites:
     def _priors_built(self) -> bool:
         """Whether the prior was scored at the sites' dtype and device (the Gaussian block,
         which every log prior builds first, is cached)."""
-        return ("gaussian block", self.dtype, self.device) in self._priors
+        return self._gaussian_block_key() in self._priors
+
+    def _gaussian_block_key(self) -> tuple[str, torch.dtype, torch.device]:
+        """The key of :meth:`_gaussian_block` in the prior cache (per dtype and device)."""
+        return ("gaussian block", self.dtype, self.device)
 
     def _gaussian_block(self) -> GaussianBlock:
         """The fixed-Normal-prior sites as one :class:`GaussianBlock` (built once)."""
-        key = ("gaussian block", self.dtype, self.device)
+        key = self._gaussian_block_key()
         if key not in self._priors:
             with torch._C._DisableFuncTorch():  # as for _fixed_prior
                 normals = []

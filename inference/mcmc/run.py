@@ -248,18 +248,13 @@ class MCMCAlgorithm(Algorithm[MCMCState]):
         done = i + 1 if stage == "warmup" else self.warmup + i + 1
         if state.compiled is None:  # compile="auto" probing
             state.leaves += self._lockstep_steps(info)
-        probed = (
-            done >= AUTO_PROBE
-            or state.leaves >= AUTO_PROBE_LEAVES
-            or done == self.total
-            or self._compiles_early(state.leaves / done)
-        )
-        if state.compiled is None and probed:
-            device = integrator.position.device
-            state.compiled = choose_compiled(state.leaves / done, self.total, device)
-            state.looped = state.compiled and choose_looped(
-                state.leaves / done, self.total, self.looped_transition is not None
-            )
+            per_transition = state.leaves / done
+            if self._probed(done, state.leaves, per_transition):
+                device = integrator.position.device
+                state.compiled = choose_compiled(per_transition, self.total, device)
+                state.looped = state.compiled and choose_looped(
+                    per_transition, self.total, self.looped_transition is not None
+                )
         out: dict[str, Any] = {}
         if stage == "warmup":
 
@@ -289,15 +284,19 @@ class MCMCAlgorithm(Algorithm[MCMCState]):
         )
         return state, out
 
-    def _compiles_early(self, leaves_per_transition: float) -> bool:
-        """Whether ``compile="auto"`` may stop probing now: where no loop can be chosen (a
-        large state, a GPU: ``looped_transition`` is ``None``) the probe only decides whether to
-        compile, and a projection that already reaches :data:`AUTO_MIN_LEAVES` settles that.
-        The probe is eager, and an eager transition of a large state costs several compiled
-        ones (a 64-chain MLP 10-50-1 at depth 8: about 3 s against 0.5 s). A projection below the
-        threshold waits for the full probe: a shallow first tree does not rule compiling out.
-        Only in one process: ranks holding different numbers of chains may differ on the loop,
-        and all of them must stop probing (a collective) at the same transition."""
+    def _probed(self, done: int, leaves: int, leaves_per_transition: float) -> bool:
+        """Whether ``compile="auto"`` has probed enough after ``done`` transitions that took
+        ``leaves`` lockstep leapfrog steps: :data:`AUTO_PROBE` transitions, or
+        :data:`AUTO_PROBE_LEAVES` steps, or the whole run; or, where no loop can be chosen (a
+        large state, a GPU: ``looped_transition`` is ``None``), a projection that already
+        reaches :data:`AUTO_MIN_LEAVES`. The probe then only decides whether to compile, and
+        an eager transition of a large state costs several compiled ones (a 64-chain MLP
+        10-50-1 at depth 8: about 3 s against 0.5 s); a shorter projection waits for the full
+        probe, so that a shallow first tree does not rule compiling out. That early end only in
+        one process: ranks holding different numbers of chains may differ on the loop, and all
+        of them must stop probing (a collective) at the same transition."""
+        if done >= AUTO_PROBE or leaves >= AUTO_PROBE_LEAVES or done == self.total:
+            return True
         return (
             self.seeds.block is None
             and self.looped_transition is None
@@ -327,7 +326,7 @@ def choose_compiled(leaves_per_transition: float, transitions: int, device: torc
     projected number of such steps, :math:`\bar L \times (\text{warmup} + \text{draws})`
     with :math:`\bar L` the mean over the first :data:`AUTO_PROBE` transitions (or fewer, once
     they took :data:`AUTO_PROBE_LEAVES`, or once the projection reaches the threshold where no
-    loop can be chosen: :meth:`MCMCAlgorithm._compiles_early`) of the most leapfrog steps any
+    loop can be chosen: :meth:`MCMCAlgorithm._probed`) of the most leapfrog steps any
     chain took, against
     :data:`AUTO_MIN_LEAVES` (the measurements behind
     it are in ``benchmarks/RESULTS.md``). It depends only on the run's own transitions, so the
