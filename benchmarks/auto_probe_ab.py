@@ -19,12 +19,8 @@ Each variant runs in its own process (a fresh dynamo cache; inductor's on-disk c
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import statistics
-import subprocess
-import sys
-from pathlib import Path
+
+import ab
 
 VARIANTS = ("before", "early", "both")
 
@@ -41,12 +37,10 @@ def all_checks_leaves(sub, signed_step, energy0, u_leaves, slots, closes, active
     return sub
 
 
-def run_variant(variant: str, transitions: int, chains: int) -> dict:
+def run_variant(variant: str, args: argparse.Namespace) -> dict:
     """One whole ``NUTS(compile="auto")`` run of ``variant`` in this process."""
-    import torch
-
-    sys.path.insert(0, str(Path(__file__).parent))
     import hmc_vs_peers
+    import torch
 
     from bayesdl.inference.mcmc import nuts, run
 
@@ -60,7 +54,7 @@ def run_variant(variant: str, transitions: int, chains: int) -> dict:
     data = hmc_vs_peers.load("diabetes")
     bnn = hmc_vs_peers.make_bnn(data.x_train.shape[1])
     row = hmc_vs_peers.run_bayesdl(
-        bnn, data, chains, transitions, transitions, 8, compile="auto", seed=0
+        bnn, data, args.chains, args.transitions, args.transitions, 8, compile="auto", seed=0
     )
     return {
         "variant": variant,
@@ -75,34 +69,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--transitions", type=int, default=30, help="warmup = draws = this")
     parser.add_argument("--chains", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument("--out", default="benchmarks/results/auto_probe_ab.json")
-    args = parser.parse_args()
-    if args.variant:  # a child process: one run, its row on stdout
-        print(json.dumps(run_variant(args.variant, args.transitions, args.chains)))
-        return
-    rows = []
-    for repeat in range(args.repeats):
-        for variant in VARIANTS:
-            command = [sys.executable, __file__, "--variant", variant]
-            command += ["--transitions", str(args.transitions), "--chains", str(args.chains)]
-            out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-            row = {"repeat": repeat, **json.loads(out.strip().splitlines()[-1])}
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-    medians = {
-        v: statistics.median(r["seconds"] for r in rows if r["variant"] == v) for v in VARIANTS
-    }
-    print(json.dumps({"median_seconds": medians}))
-    result = {
-        "machine": platform.processor() or platform.machine(),
-        "command": " ".join(sys.argv),
-        "settings": vars(args),
-        "rows": rows,
-        "median_seconds": medians,
-    }
-    Path(args.out).write_text(json.dumps(result, indent=1))
+    ab.main(__file__, parser, VARIANTS, run_variant)
 
 
 if __name__ == "__main__":

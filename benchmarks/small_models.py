@@ -22,9 +22,12 @@ diagonal mass matrix adapted in Stan's windows) and float64, from the same initi
 wall time (compilation included), bulk ESS (ArviZ, cross-chain) min over Stan's parameters and
 per second, the mean tree depth (``ceil(log2(n_leapfrog + 1))`` per draw, the same formula for
 every sampler) and leapfrog steps per draw, divergences, and the posterior means with their
-MCSE (ArviZ). The report compares each sampler's means with the reference sampler's (NumPyro's
-by default) of the same repeat: ``max over parameters of |Δmean| / sqrt(MCSE_a² + MCSE_b²)``;
-values of a few units are noise, much larger ones mean the samplers disagree.
+MCSE (ArviZ); for bayesdl also what ``compile="auto"`` chose (``compiled``, ``looped``) and
+the compiler's fallbacks (``compile_fallbacks``: a graph ``torch.compile`` could not build, so
+that a ``looped`` run that fell back to the compiled leaves shows as such). The report
+compares each sampler's means with the reference sampler's (NumPyro's by default) of the same
+repeat: ``max over parameters of |Δmean| / sqrt(MCSE_a² + MCSE_b²)``; values of a few units
+are noise, much larger ones mean the samplers disagree.
 
 Compilation is counted in every run: bayesdl's runs start from a reset dynamo cache
 (``torch._dynamo.reset()``) and, by default, an empty inductor cache folder (a user's first
@@ -161,13 +164,15 @@ def run_bayesdl(
     nuts = NUTS(chains=len(init), warmup=args.warmup, draws=args.draws, **kwargs)
     counter = GradientCounter()
     start = time.perf_counter()
-    post = nuts.sample(
-        model.log_density,
-        torch.as_tensor(init, dtype=torch.float64),
-        seed=seed,
-        progress=False,
-        callbacks=[counter],
-    )
+    with warnings.catch_warnings(record=True) as caught:  # the compiler's fallbacks, kept
+        warnings.simplefilter("always", RuntimeWarning)
+        post = nuts.sample(
+            model.log_density,
+            torch.as_tensor(init, dtype=torch.float64),
+            seed=seed,
+            progress=False,
+            callbacks=[counter],
+        )
     first = (counter.first_done or start) - start
     stats = post.sample_stats
     extra = {
@@ -177,6 +182,9 @@ def run_bayesdl(
         "compiled": post.attrs.get("compiled"),
         "looped": post.attrs.get("looped"),
         "partial": bool(post.partial),
+        "compile_fallbacks": [
+            str(w.message)[:300] for w in caught if "could not compile" in str(w.message)
+        ],
     }
     return (
         post.theta.double().numpy(),

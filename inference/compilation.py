@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import importlib.util
 import os
 import shutil
@@ -112,17 +113,24 @@ def compile_step(
     fresh = types.FunctionType(
         fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__
     )
-    cpu_options = {**_cpu_options(), **(options or {})}
-    compiled_cpu = torch.compile(fresh, dynamic=False, options=cpu_options)
-    compiled_cuda = torch.compile(
-        fresh, dynamic=False, options={**(options or {}), "triton.cudagraphs": True}
-    )
 
-    def graphed(*args: Any) -> Any:
-        """The CUDA-graph step: a new graph step per call, outputs copied out of the graph's
-        memory (the next replay overwrites it)."""
-        torch.compiler.cudagraph_mark_step_begin()
-        return map_tensors(compiled_cuda(*args), torch.clone)
+    @functools.cache
+    def build(on_cuda: bool) -> Callable[..., Any]:
+        """The compiled step, made at the first call (so that a run that never compiles never
+        imports the compiler: some 1.5 s)."""
+        if not on_cuda:
+            cpu_options = {**_cpu_options(), **(options or {})}
+            return torch.compile(fresh, dynamic=False, options=cpu_options)
+        cuda_options = {**(options or {}), "triton.cudagraphs": True}
+        compiled_cuda = torch.compile(fresh, dynamic=False, options=cuda_options)
+
+        def graphed(*args: Any) -> Any:
+            """The CUDA-graph step: a new graph step per call, outputs copied out of the
+            graph's memory (the next replay overwrites it)."""
+            torch.compiler.cudagraph_mark_step_begin()
+            return map_tensors(compiled_cuda(*args), torch.clone)
+
+        return graphed
 
     instead = fn if fallback is None else fallback
     runner: Callable[..., Any] | None = None  # the compiled step once it works, else instead
@@ -138,7 +146,7 @@ def compile_step(
                         raise
                 with torch.compiler.set_stance("default"):  # a new graph, built with guards
                     return runner(*args)
-            compiled = graphed if _on_cuda(args) else compiled_cpu
+            compiled = build(_on_cuda(args))
             try:
                 with torch.compiler.set_stance("default"):  # guards are built, not skipped
                     out = compiled(*args)
@@ -149,7 +157,7 @@ def compile_step(
                 out = instead(*args)
                 first_line = (str(err).splitlines() or [""])[0]
                 warnings.warn(
-                    f"compile=True: torch.compile could not compile {fn.__name__} "
+                    f"torch.compile could not compile {fn.__name__} "
                     f"({type(err).__name__}: {first_line}); "
                     + ("running it eagerly" if fallback is None else f"running {instead.__name__}"),
                     RuntimeWarning,

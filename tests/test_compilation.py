@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import warnings
 
 import pyro
@@ -460,3 +462,23 @@ def test_a_fresh_bnns_log_joint_compiles_whole(prior):
     expected_value, expected_grad = value_and_grad(log_joint)(theta)
     torch.testing.assert_close(value, expected_value)
     torch.testing.assert_close(grad, expected_grad)
+
+
+_EAGER_RUN = """
+import sys, torch
+from bayesdl.inference import NUTS
+log_density = lambda theta: -0.5 * (theta**2).sum(-1)
+post = NUTS(chains=2, warmup=5, draws=5).sample(log_density, torch.zeros(2, 3), seed=0, progress=False)
+assert post.attrs["compiled"] == 0, post.attrs
+print(sorted(m for m in ("torch._dynamo.convert_frame", "torch._inductor.compile_fx") if m in sys.modules))
+"""
+
+
+def test_a_run_that_does_not_compile_does_not_import_the_compiler():
+    """``compile="auto"`` builds its compiled steps at their first call: a short run, which
+    stays eager, never imports dynamo or inductor (about 1.5 s in a fresh process)."""
+    result = subprocess.run(
+        [sys.executable, "-c", _EAGER_RUN], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"

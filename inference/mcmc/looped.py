@@ -26,6 +26,15 @@ observations) 20 against 56 microseconds, a 4-chain MLP 10-50-1 on diabetes 137 
 saved: :data:`~.nuts.LOOP_MAX_ELEMENTS`). The graph takes longer to build the first time
 (its C++ wrapper is built apart from its kernels to shorten that: :data:`LOOP_OPTIONS`);
 ``compile="auto"`` loops only runs long enough to repay that (:func:`~.run.choose_looped`).
+Not every density can be captured in the loop by torch 2.13. Two of the benchmark's four
+posteriors are not: sblrc's regression, which reads ``.T`` of a tensor it closes over (dynamo
+fails on that under :func:`torch.func.grad_and_value` inside the loop, "Expected FakeTensor";
+``x.t()`` traces), and the GP regression, a ``MultivariateNormal`` log density (inductor
+fails, "Expected positional argument"). The run then goes on with the
+compiled leaves after a :class:`RuntimeWarning` naming the error (the same draws: the
+transitions are the same), having spent the failed attempt: with a warm inductor cache, about
+0.6 s on sblrc's regression (``.T``) and 2 s on the GP regression.
+
 Graphs that hold a loop are
 not cached by :func:`torch.compile` by default; :data:`LOOP_OPTIONS` marks ``while_loop``
 cacheable, which the cache keys by the loop's body too (tested), so that later runs of the
