@@ -468,9 +468,11 @@ _EAGER_RUN = """
 import sys, torch
 from bayesdl.inference import NUTS
 log_density = lambda theta: -0.5 * (theta**2).sum(-1)
-post = NUTS(chains=2, warmup=5, draws=5).sample(log_density, torch.zeros(2, 3), seed=0, progress=False)
+nuts = NUTS(chains=2, warmup=5, draws=5)
+post = nuts.sample(log_density, torch.zeros(2, 3), seed=0, progress=False)
 assert post.attrs["compiled"] == 0, post.attrs
-print(sorted(m for m in ("torch._dynamo.convert_frame", "torch._inductor.compile_fx") if m in sys.modules))
+compiler = ("torch._dynamo.convert_frame", "torch._inductor.compile_fx")
+print(sorted(m for m in compiler if m in sys.modules))
 """
 
 
