@@ -105,7 +105,11 @@ class NUTS(HamiltonianBackend):
         that a leaf takes 3-6x less time than eagerly on a CPU (``benchmarks/RESULTS.md``).
         The log density must be traceable by :func:`torch.func` (BNNs are) and must not
         change during the run; if compilation fails, the run goes on eagerly after a
-        ``RuntimeWarning``. A call whose density raises is rerun eagerly (see below).
+        ``RuntimeWarning`` (a whole-trajectory loop that fails goes on with the compiled
+        leaves: torch 2.13 cannot loop a density that reads ``.T`` of a tensor it closes
+        over, write ``x.t()``, nor one with a Cholesky factorisation, as a
+        ``MultivariateNormal``'s; :mod:`.looped`). A call
+        whose density raises is rerun eagerly (see below).
 
     Notes
     -----
