@@ -3,9 +3,10 @@
 A run's steps create short-lived Python objects (tensors, tuples, the step's info), enough to
 trigger the cyclic collector every few steps; every tenth collection of the middle generation
 is a full one, which visits every tracked object of the process: after ``torch.compile`` has
-traced a model, millions of them. On kidiq (4 chains x 1,000 + 1,000, the whole trajectory in
-one compiled loop, some 1.5 ms a transition) those full collections took 8% of a run from a
-warm cache (``benchmarks/RESULTS.md``, "The collector kept off the heap").
+traced a model, millions of them. Keeping them off cut a kidiq run (4 chains x 1,000 +
+1,000, the whole trajectory in one compiled loop, some 1.4 ms a transition) by 0.27 ± 0.11 s
+of 7.1 s, and a 4-chain MLP's by 0.30 ± 0.11 s of 13.0 s (``benchmarks/frozen_heap_ab.py``;
+``benchmarks/RESULTS.md``, "The collector kept off the heap").
 
 :func:`frozen_heap` moves the objects alive at the start of a run to the collector's permanent
 generation (:func:`gc.freeze`) and puts them back (:func:`gc.unfreeze`) when the run ends,

@@ -29,12 +29,12 @@ saved: :data:`~.nuts.LOOP_MAX_ELEMENTS`). The graph takes longer to build the fi
 Not every density can be captured in the loop by torch 2.13. Two of the benchmark's four
 posteriors are not: sblrc's regression, which reads ``.T`` of a tensor it closes over (dynamo
 fails on that under :func:`torch.func.grad_and_value` inside the loop, "Expected FakeTensor";
-``x.t()`` traces), and the GP regression, a ``MultivariateNormal`` log density: inductor
-fails on a :func:`torch.linalg.cholesky` inside the loop ("Expected positional argument",
-with its C++ wrapper or without). The run then goes on with the
-compiled leaves after a :class:`RuntimeWarning` naming the error (the same draws: the
-transitions are the same), having spent the failed attempt: with a warm inductor cache, about
-0.6 s on sblrc's regression (``.T``) and 2 s on the GP regression.
+``x.t()`` traces), and the GP regression, a ``MultivariateNormal`` log density (inductor fails
+on a :func:`torch.linalg.cholesky` inside the loop, "Expected positional argument", with its
+C++ wrapper or without). The run then goes on with the compiled leaves after a
+:class:`RuntimeWarning` naming the error (the same transitions, so the same draws), having
+spent the failed attempt: with a warm inductor cache, about 0.6 s on sblrc's regression and 2 s
+on the GP regression.
 
 Graphs that hold a loop are
 not cached by :func:`torch.compile` by default; :data:`LOOP_OPTIONS` marks ``while_loop``

@@ -108,8 +108,8 @@ class NUTS(HamiltonianBackend):
         ``RuntimeWarning`` (a whole-trajectory loop that fails goes on with the compiled
         leaves: torch 2.13 cannot loop a density that reads ``.T`` of a tensor it closes
         over, write ``x.t()``, nor one with a Cholesky factorisation, as a
-        ``MultivariateNormal``'s; :mod:`.looped`). A call
-        whose density raises is rerun eagerly (see below).
+        ``MultivariateNormal``'s; :mod:`.looped`). A call whose density raises is rerun
+        eagerly (see below).
 
     Notes
     -----
