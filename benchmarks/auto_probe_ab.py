@@ -10,7 +10,9 @@ settings, variants interleaved.
   checks and the odd leaf the checkpoint write (``trajectory.nuts_leaves``).
 
 The older behaviours are restored by patching the module attributes in this process only.
-Each variant runs in its own process (a fresh dynamo cache; inductor's on-disk cache kept).
+Each variant runs in its own process (a fresh dynamo cache; inductor's on-disk cache kept),
+through ``ab.py``, which now starts with one unrecorded run of each variant
+(``results/auto_probe_ab.json`` was measured before it did).
 
     BAYESDL_DATA=../shared/data OMP_NUM_THREADS=1 python benchmarks/auto_probe_ab.py \\
         --transitions 30 --repeats 3
