@@ -97,17 +97,18 @@ def compile_step(
     fn: Callable[..., Any],
     fallback: Callable[..., Any] | None = None,
     options: dict[str, Any] | None = None,
+    note: str = "",
 ) -> Callable[..., Any]:
     """``fn`` compiled with :func:`torch.compile` (static shapes), falling back to ``fallback``.
 
     Pyro's argument validation is turned off around each call: the samplers' values need no
     checking and validation cannot be captured. The first call compiles, with guards built
     even inside :func:`skip_guard_checks`; if that raises and ``fallback`` (default: ``fn``
-    itself, eagerly) does not, a :class:`RuntimeWarning` names the error and ``fallback``
-    serves every call (if it raises too, its error propagates: the step failed, not the
-    compiler). ``options`` are inductor's, added to the library's own. A later call that
-    needs another graph inside :func:`skip_guard_checks` (dynamo refuses to build one there)
-    gets it built with guards.
+    itself, eagerly) does not, a :class:`RuntimeWarning` names the error (and ends with
+    ``note``) and ``fallback`` serves every call (if it raises too, its error propagates: the
+    step failed, not the compiler). ``options`` are inductor's, added to the library's own. A
+    later call that needs another graph inside :func:`skip_guard_checks` (dynamo refuses to
+    build one there) gets it built with guards.
     """
     # a copy of the code object: dynamo keeps its compiled graphs per code object
     fresh = types.FunctionType(
@@ -159,7 +160,8 @@ def compile_step(
                 warnings.warn(
                     f"torch.compile could not compile {fn.__name__} "
                     f"({type(err).__name__}: {first_line}); "
-                    + ("running it eagerly" if fallback is None else f"running {instead.__name__}"),
+                    + ("running it eagerly" if fallback is None else f"running {instead.__name__}")
+                    + note,
                     RuntimeWarning,
                     stacklevel=2,
                 )

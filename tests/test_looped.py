@@ -163,7 +163,8 @@ def test_a_loop_that_cannot_compile_runs_the_tree_in_python_after_a_warning(monk
     monkeypatch.setattr(torch, "compile", no_loops)
     init = torch.randn(2, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     settings = {"chains": 2, "warmup": 8, "draws": 6, "max_tree_depth": 4}
-    with pytest.warns(RuntimeWarning, match=r"looped_nuts_trajectory \(RuntimeError: no loops"):
+    pattern = r"looped_nuts_trajectory \(RuntimeError: no loops.*see bayesdl.inference.mcmc.looped"
+    with pytest.warns(RuntimeWarning, match=pattern):
         fallback = NUTS(**settings).sample(_gaussian(), init, seed=0, progress=False)
     monkeypatch.setattr(mcmc_run, "AUTO_MIN_LOOPED_LEAVES", 10**12)
     leaves = NUTS(**settings).sample(_gaussian(), init, seed=0, progress=False)

@@ -193,6 +193,10 @@ class NUTS(HamiltonianBackend):
             looped_nuts_trajectory,
             fallback=python_tree_trajectory(_compiled_leaves(), CPU_LEAVES_PER_CALL),
             options=LOOP_OPTIONS,
+            note=(
+                ", the same transitions (torch cannot capture every density in the loop: see"
+                " bayesdl.inference.mcmc.looped)"
+            ),
         )
         eager = python_tree_trajectory(nuts_leaves, 1)  # where the density raises
         return looped_transition(depth, robust_step(trajectory, eager), looped.LEAVES_PER_ITERATION)
