@@ -36,10 +36,9 @@ C++ wrapper or without). The run then goes on with the compiled leaves after a
 spent the failed attempt: with a warm inductor cache, about 0.6 s on sblrc's regression and 2 s
 on the GP regression.
 
-Graphs that hold a loop are
-not cached by :func:`torch.compile` by default; :data:`LOOP_OPTIONS` marks ``while_loop``
-cacheable, which the cache keys by the loop's body too (tested), so that later runs of the
-same model and shapes compile in about a second.
+Graphs that hold a loop are not cached by :func:`torch.compile` by default;
+:data:`LOOP_OPTIONS` marks ``while_loop`` cacheable, which the cache keys by the loop's body
+too (tested), so that later runs of the same model and shapes compile in about a second.
 """
 
 from __future__ import annotations

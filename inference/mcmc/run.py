@@ -360,9 +360,11 @@ def choose_looped(leaves_per_transition: float, transitions: int, available: boo
     From the on-disk cache of an earlier run they take 3.6-3.8 against 6.9-7.1 s, and 11.3
     against 12.9 s. The choice: a projected
     :math:`\bar L \times (\text{warmup} + \text{draws})` (as :func:`choose_compiled`) of
-    at least :data:`AUTO_MIN_LOOPED_LEAVES`. kidiq's run projects about 50,000 steps (and
-    takes 145,000: the first transitions of its warmup are its shallowest); the MLP's run
-    projected just under 40,000, and keeps the compiled leaves.
+    at least :data:`AUTO_MIN_LOOPED_LEAVES`. The first transitions predict a run poorly:
+    kidiq's project 12,800-105,600 steps over seeds 0-4 and its runs take 137,000-145,000
+    (so it loops for some seeds only); the MLP's run projected just under 40,000, and keeps
+    the compiled leaves. A lower threshold would have the densities the loop cannot capture
+    (:mod:`.looped`) pay a failed build, and a warning, in more runs.
     """
     return available and leaves_per_transition * transitions >= AUTO_MIN_LOOPED_LEAVES
 
